@@ -1,0 +1,464 @@
+"""The broker: publishes invalidations and fans them out to the streams of this process.
+
+Guarantees:
+
+- ``invalidate`` validates before anything is sent (a bad scope loses nothing and sends
+  nothing) and returns once the transport has accepted the message.
+- One upstream subscription per distinct watched pattern per broker, shared by every
+  stream watching it and dropped when the last one ends. Streams never touch the
+  transport. Fan-out of one message costs O(streams watching that pattern).
+- Each stream's state is one small `Watcher`: the set of keys changed since its last
+  write, the payloads of those changes, and the largest revision. Memory per stream is
+  bounded by the number of scopes it watches, whatever the client's read speed; changes
+  that arrive while a write is in flight coalesce into the next frame.
+- Revisions increase strictly within a broker and are seeded from the wall clock in
+  milliseconds, so a reconnected tab (possibly served by another process) still sees a
+  larger value than the one it has.
+- Everything except `invalidate_threadsafe` must be called on the broker's event loop.
+
+Not guaranteed: delivery to a tab that is disconnected. Instead, a stream that resumes
+(``Last-Event-ID``) is pushed every scope it watches, and a first connection is pushed
+every scope that may have changed between the page render and the connect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Iterable
+from types import TracebackType
+from typing import TYPE_CHECKING, Final
+
+from datastar_py import ServerSentEventGenerator
+
+from streamui.errors import BrokerStateError
+from streamui.scopes import (
+    DATA_NAMESPACE,
+    DEFAULT_PREFIX,
+    SIGNAL_NAMESPACE,
+    scope_key,
+    scope_matches,
+    scope_subject,
+    validate_prefix,
+    validate_scope,
+)
+from streamui.transports import InProcessTransport, Subscription, Transport
+
+if TYPE_CHECKING:
+    from typing import Self
+
+__all__ = ["Broker", "Watcher"]
+
+logger = logging.getLogger("streamui.broker")
+
+_RECENT_LIMIT: Final = 10_000
+"""How many recently invalidated scopes the broker remembers for first-connect catch-up."""
+_RECENT_HORIZON: Final = 120.0
+"""Seconds a remembered invalidation stays useful; older tokens get every scope pushed."""
+_CLOCK_MARGIN: Final = 1.0
+"""Seconds of clock skew tolerated between the process that rendered and the one that streams."""
+_FRAME_CACHE_LIMIT: Final = 4096
+
+
+def _now() -> float:
+    return time.time()
+
+
+class _Pattern:
+    """One upstream subscription and the watchers sharing it."""
+
+    __slots__ = ("covered_since", "key", "ready", "subscription", "watchers")
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.watchers: set[Watcher] = set()
+        self.subscription: Subscription | None = None
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.covered_since = float("inf")
+
+
+class Watcher:
+    """The broker-side state of one stream: what changed since the last write.
+
+    The stream's writer waits on `wake`, then calls `take` for the bytes to write.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_broker",
+        "_data",
+        "_heartbeat_due",
+        "_pending",
+        "_revision",
+        "closed",
+        "keys",
+        "scopes",
+        "wake",
+    )
+
+    def __init__(self, broker: Broker, scopes: tuple[str, ...]) -> None:
+        self._broker = broker
+        self.scopes = scopes
+        self.keys = tuple(scope_key(value) for value in scopes)
+        self._pending: set[str] = set()
+        self._data: dict[str, bytes] = {}
+        self._revision = 0
+        self._heartbeat_due = False
+        self.closed = False
+        self.wake = asyncio.Event()
+
+    def mark(self, key: str, revision: int, payload: bytes) -> None:
+        """Record that *key* changed; called by the broker's fan-out (hot path)."""
+        self._pending.add(key)
+        if payload:
+            self._data[key] = payload
+        if revision > self._revision:
+            self._revision = revision
+        self.wake.set()
+
+    def mark_all(self) -> None:
+        """Push every scope once (resume after a disconnect, or a reconnect upstream)."""
+        revision = self._broker.next_revision()
+        for key in self.keys:
+            self.mark(key, revision, b"")
+
+    def heartbeat(self) -> None:
+        self._heartbeat_due = True
+        self.wake.set()
+
+    def close(self) -> None:
+        """End the stream: its writer wakes, sees `closed` and returns."""
+        self.closed = True
+        self.wake.set()
+
+    @property
+    def revision(self) -> int:
+        return self._revision
+
+    def take(self) -> bytes:
+        """The bytes to write now (a patch-signals event and/or a heartbeat), and reset."""
+        self.wake.clear()
+        frame = b""
+        if self._pending:
+            frame = self._broker._frame(tuple(sorted(self._pending)), self._revision, self._data)
+            self._pending.clear()
+            if self._data:
+                self._data = {}
+        if self._heartbeat_due:
+            self._heartbeat_due = False
+            frame += b": keep-alive\n\n"
+        return frame
+
+
+class Broker:
+    """Publishes invalidations and serves this process's streams.
+
+    ``Broker()`` uses the in-process transport (one process). For several processes or
+    machines pass a NATS transport: ``Broker(NatsTransport(...))``. Use it as an async
+    context manager, or call `start` and `close` (the Litestar plugin does it for you).
+    """
+
+    def __init__(self, transport: Transport | None = None, *, prefix: str = DEFAULT_PREFIX) -> None:
+        self.transport: Transport = transport if transport is not None else InProcessTransport()
+        self.prefix = validate_prefix(prefix)
+        self._patterns: dict[str, _Pattern] = {}
+        self._watchers: set[Watcher] = set()
+        self._revision = 0
+        self._frames: dict[tuple[object, ...], bytes] = {}
+        # Concrete scopes invalidated recently, oldest first, with the time seen.
+        self._recent: OrderedDict[str, float] = OrderedDict()
+        self._recent_floor = 0.0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._started_at = float("inf")
+        self._closed = False
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._closed:
+            raise BrokerStateError("this Broker was closed; create a new one")
+        if self._loop is not None:
+            return
+        await self.transport.start()
+        self._loop = asyncio.get_running_loop()
+        self._started_at = _now()
+
+    async def close(self) -> None:
+        """End every stream, drop every subscription and close the transport."""
+        if self._closed:
+            return
+        self._closed = True
+        for watcher in list(self._watchers):
+            watcher.close()
+        patterns, self._patterns = self._patterns, {}
+        for entry in patterns.values():
+            if entry.subscription is not None:
+                await entry.subscription.unsubscribe()
+        if self._loop is not None:
+            await self.transport.close()
+        self._loop = None
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def _require_started(self) -> asyncio.AbstractEventLoop:
+        if self._closed:
+            raise BrokerStateError("the Broker is closed")
+        if self._loop is None:
+            raise BrokerStateError(
+                "the Broker is not started; use 'async with Broker() as broker:' "
+                "or add StreamPlugin to the Litestar app"
+            )
+        return self._loop
+
+    # -- publishing ------------------------------------------------------------------
+
+    async def invalidate(self, scope: str, *, data: object = None) -> None:
+        """Tell every tab watching a scope that matches *scope* to reload.
+
+        *data*, if given, must be JSON-serializable; it is set as ``_streamData.<key>``
+        in each tab before the revision changes.
+        """
+        await self.invalidate_many((scope,), data=data)
+
+    async def invalidate_many(self, scopes: Iterable[str], *, data: object = None) -> None:
+        """Invalidate several scopes; all are validated before any is sent."""
+        if isinstance(scopes, str):
+            raise TypeError(
+                f"invalidate_many() takes an iterable of scopes, not the str {scopes!r}; "
+                "use invalidate() for one scope"
+            )
+        concrete = [validate_scope(value, allow_wildcards=False) for value in scopes]
+        payload = _encode_data(data)
+        self._require_started()
+        for value in concrete:
+            self._remember(value, _now())
+            await self.transport.publish(scope_subject(value, self.prefix), payload)
+
+    def invalidate_threadsafe(
+        self, *scopes: str, data: object = None
+    ) -> concurrent.futures.Future[None]:
+        """Invalidate from any thread, or from sync code on the loop; returns at once.
+
+        The scopes and *data* are validated in the caller's thread (errors raise there).
+        The returned future completes when the transport accepted the messages; it must
+        not be waited on from the broker's own event loop thread.
+        """
+        for value in scopes:
+            validate_scope(value, allow_wildcards=False)
+        _encode_data(data)
+        loop = self._require_started()
+        future = asyncio.run_coroutine_threadsafe(self.invalidate_many(scopes, data=data), loop)
+        future.add_done_callback(_log_failure)
+        return future
+
+    # -- watching --------------------------------------------------------------------
+
+    def next_revision(self) -> int:
+        self._revision = max(self._revision + 1, int(_now() * 1000))
+        return self._revision
+
+    @property
+    def revision(self) -> int:
+        """The last revision handed out (0 before any)."""
+        return self._revision
+
+    def watch(
+        self, scopes: Iterable[str], *, rendered_at: float | None = None, resume: bool = False
+    ) -> _Watch:
+        """Watch *scopes* for the lifetime of an ``async with`` block.
+
+        The block yields a `Watcher`. With ``resume=True`` (a reconnect after a gap)
+        every scope is pushed once at the start; with *rendered_at* (the time the page
+        was rendered), every scope that may have changed since then is pushed.
+        """
+        unique = tuple(dict.fromkeys(validate_scope(value) for value in scopes))
+        return _Watch(self, unique, rendered_at, resume)
+
+    @property
+    def subscription_count(self) -> int:
+        """Upstream subscriptions held now: one per distinct watched pattern."""
+        return len(self._patterns)
+
+    @property
+    def watcher_count(self) -> int:
+        return len(self._watchers)
+
+    async def _attach(self, watcher: Watcher) -> None:
+        self._require_started()
+        self._watchers.add(watcher)
+        try:
+            for value, key in zip(watcher.scopes, watcher.keys, strict=True):
+                entry = self._patterns.get(value)
+                if entry is None:
+                    entry = self._patterns[value] = _Pattern(key)
+                    entry.watchers.add(watcher)
+                    await self._subscribe(value, entry)
+                else:
+                    entry.watchers.add(watcher)
+                    await asyncio.shield(entry.ready)
+        except BaseException:
+            await self._detach(watcher)
+            raise
+
+    async def _subscribe(self, value: str, entry: _Pattern) -> None:
+        def handler(subject: str, payload: bytes) -> None:
+            self._deliver(entry, subject, payload)
+
+        try:
+            entry.subscription = await self.transport.subscribe(
+                scope_subject(value, self.prefix), handler
+            )
+        except BaseException as error:
+            if self._patterns.get(value) is entry:
+                del self._patterns[value]
+            entry.ready.set_exception(error)
+            entry.ready.exception()  # mark retrieved; waiters re-raise it
+            raise
+        entry.covered_since = _now()
+        entry.ready.set_result(None)
+        if self._patterns.get(value) is not entry:  # everyone left while we subscribed
+            await entry.subscription.unsubscribe()
+
+    async def _detach(self, watcher: Watcher) -> None:
+        watcher.close()
+        self._watchers.discard(watcher)
+        dropped: list[Subscription] = []
+        for value in watcher.scopes:
+            entry = self._patterns.get(value)
+            if entry is None:
+                continue
+            entry.watchers.discard(watcher)
+            if not entry.watchers:
+                del self._patterns[value]
+                if entry.subscription is not None:
+                    dropped.append(entry.subscription)
+        # The bookkeeping above is already consistent; the awaits below only tell the
+        # transport, and are shielded so a cancelled stream still releases upstream.
+        if dropped:
+            await asyncio.shield(asyncio.gather(*(sub.unsubscribe() for sub in dropped)))
+
+    def _catch_up(self, watcher: Watcher, rendered_at: float) -> None:
+        """Push the scopes that may have changed between the render and now."""
+        if not self.transport.sees_all_publishes:
+            rendered_at -= _CLOCK_MARGIN
+        if rendered_at < self._recent_floor or _now() - rendered_at > _RECENT_HORIZON:
+            watcher.mark_all()
+            return
+        changed = []
+        for seen, when in reversed(self._recent.items()):
+            if when <= rendered_at:
+                break
+            changed.append(seen)
+        revision = 0
+        for value, key in zip(watcher.scopes, watcher.keys, strict=True):
+            if self.transport.sees_all_publishes:
+                reliable = self._started_at <= rendered_at
+            else:
+                entry = self._patterns.get(value)
+                reliable = entry is not None and entry.covered_since <= rendered_at
+            if not reliable or any(scope_matches(value, seen) for seen in changed):
+                revision = revision or self.next_revision()
+                watcher.mark(key, revision, b"")
+
+    # -- fan-out (hot path) ----------------------------------------------------------
+
+    def _deliver(self, entry: _Pattern, subject: str, payload: bytes) -> None:
+        if payload:
+            payload = _canonical_payload(payload, subject)
+        self._remember(subject[len(self.prefix) + 1 :].replace(".", ":"), _now())
+        revision = self.next_revision()
+        key = entry.key
+        for watcher in entry.watchers:
+            watcher.mark(key, revision, payload)
+
+    def _remember(self, concrete: str, when: float) -> None:
+        recent = self._recent
+        recent[concrete] = when
+        recent.move_to_end(concrete)
+        if len(recent) > _RECENT_LIMIT:
+            _, self._recent_floor = recent.popitem(last=False)
+
+    def _frame(self, keys: tuple[str, ...], revision: int, data: dict[str, bytes]) -> bytes:
+        """One patch-signals event, built once per (keys, revision, data) and shared."""
+        cache_key: tuple[object, ...] = (keys, revision, *sorted(data.items())) if data else (keys, revision)
+        frame = self._frames.get(cache_key)
+        if frame is None:
+            if len(self._frames) >= _FRAME_CACHE_LIMIT:
+                self._frames.clear()
+            revisions = ",".join(f'"{key}":{revision}' for key in keys)
+            signals = f'{{"{SIGNAL_NAMESPACE}":{{{revisions}}}'
+            if data:
+                values = ",".join(f'"{key}":{value.decode()}' for key, value in sorted(data.items()))
+                signals += f',"{DATA_NAMESPACE}":{{{values}}}'
+            signals += "}"
+            event = ServerSentEventGenerator.patch_signals(signals, event_id=str(revision))
+            frame = self._frames[cache_key] = event.encode()
+        return frame
+
+
+class _Watch:
+    """Async context manager returned by `Broker.watch`."""
+
+    __slots__ = ("_broker", "_rendered_at", "_resume", "_watcher")
+
+    def __init__(
+        self, broker: Broker, scopes: tuple[str, ...], rendered_at: float | None, resume: bool
+    ) -> None:
+        self._broker = broker
+        self._watcher = Watcher(broker, scopes)
+        self._rendered_at = rendered_at
+        self._resume = resume
+
+    async def __aenter__(self) -> Watcher:
+        watcher = self._watcher
+        await self._broker._attach(watcher)
+        if self._resume:
+            watcher.mark_all()
+        elif self._rendered_at is not None:
+            self._broker._catch_up(watcher, self._rendered_at)
+        return watcher
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self._broker._detach(self._watcher)
+
+
+def _encode_data(data: object) -> bytes:
+    if data is None:
+        return b""
+    try:
+        return json.dumps(data, separators=(",", ":"), allow_nan=False).encode()
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"data must be JSON-serializable, got {data!r}: {error}") from None
+
+
+def _canonical_payload(payload: bytes, subject: str) -> bytes:
+    """Re-encode a received payload so nothing but one line of JSON reaches a stream."""
+    try:
+        return json.dumps(json.loads(payload), separators=(",", ":"), allow_nan=False).encode()
+    except ValueError:
+        logger.warning("ignoring a payload on %r that is not JSON: %.80r", subject, payload)
+        return b""
+
+
+def _log_failure(future: concurrent.futures.Future[None]) -> None:
+    if not future.cancelled() and (error := future.exception()) is not None:
+        logger.error("invalidate_threadsafe failed", exc_info=error)

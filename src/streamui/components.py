@@ -1,0 +1,382 @@
+"""htpy components: watch scopes, and connect the page to its stream.
+
+- `Watch(scopes, url)[children]` wraps a component; when any of its scopes is
+  invalidated, the browser re-fetches *url* and Datastar morphs the answer in by id.
+  Every Watch on a page is registered when it is *rendered*, so module-level constants,
+  lazy children (callables, generators) and async rendering all work.
+- `Connect()` goes after the page content. At render time it takes every scope
+  registered by the Watch elements rendered before it, signs them into a token, and
+  renders one hidden element that opens the tab's stream (or nothing, if no scope was
+  registered).
+- `JoinStream()` goes at the end of a fragment (e.g. rows from "load more") whose Watch
+  elements introduce new scopes: it adds their token to the tab's stream, which
+  reconnects once with the union. `init_scope` does the same as a Datastar event.
+
+Registration is per rendering task (or thread), so pages rendered concurrently in one
+process never mix. Connect/JoinStream consume what was registered, so the next render
+in the same task starts empty.
+
+How the browser side works: each Watch element holds ``data-signals__ifmissing`` with
+``_stream.<key> = 0`` and a ``data-effect`` that reads every key on every run and calls
+``@get(url)`` when the joined value differs from what this element saw last. Revisions
+only grow, so every watcher of a scope reloads on every push, and a freshly morphed-in
+element never fetches on its own initialisation. The Connect element's effect reads
+``_streamTokens`` and opens ``@get(<path>?t=…&t=…)`` with ``retry: 'always'``; when a
+fragment adds a token, the effect runs again and Datastar's request cancellation
+aborts the previous stream, so a tab holds exactly one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import threading
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final
+
+from datastar_py import ServerSentEventGenerator
+from datastar_py.attributes import JSExpression, action_generator
+from datastar_py.sse import DatastarEvent
+from htpy import Element, div, script
+
+from streamui.errors import ConfigurationError
+from streamui.scopes import SIGNAL_NAMESPACE, scope_key, validate_scope
+from streamui.tokens import TokenSigner
+
+if TYPE_CHECKING:
+    from htpy import Context
+    from htpy._types import Attribute, Node
+    from markupsafe import Markup
+
+__all__ = [
+    "CONNECT_ID",
+    "DATASTAR_CDN_URL",
+    "DATASTAR_VERSION",
+    "TOKENS_NAMESPACE",
+    "Connect",
+    "JoinStream",
+    "StreamEndpoint",
+    "Watch",
+    "datastar_script",
+    "init_scope",
+    "scope_signals",
+    "use_endpoint",
+    "watch_attrs",
+    "watch_effect",
+]
+
+DATASTAR_VERSION: Final = "1.0.1"
+DATASTAR_CDN_URL: Final = (
+    f"https://cdn.jsdelivr.net/gh/starfederation/datastar@v{DATASTAR_VERSION}/bundles/datastar.js"
+)
+CONNECT_ID: Final = "streamui-connect"
+TOKENS_NAMESPACE: Final = "_streamTokens"
+"""Signals holding the tab's stream tokens (one per Connect/JoinStream)."""
+
+_RETRY_MAX_COUNT: Final = 1_000_000_000
+"""Datastar gives up after this many consecutive failures (its default is 10)."""
+
+
+# -- endpoint (which path, which secret) --------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEndpoint:
+    """Where the stream is served and how its tokens are signed."""
+
+    path: str = "/streamui/stream"
+    signer: TokenSigner = field(default_factory=TokenSigner)
+
+    def url(self, tokens: Iterable[str]) -> str:
+        return self.path + "?" + "&".join(f"t={token}" for token in tokens)
+
+
+_endpoint: ContextVar[StreamEndpoint | None] = ContextVar("streamui_endpoint", default=None)
+
+
+@contextlib.contextmanager
+def use_endpoint(endpoint: StreamEndpoint) -> Iterator[StreamEndpoint]:
+    """Render Connect/JoinStream/init_scope for *endpoint* within this block.
+
+    The Litestar plugin does this for every request; call it yourself elsewhere.
+    """
+    reset = _endpoint.set(endpoint)
+    try:
+        yield endpoint
+    finally:
+        _endpoint.reset(reset)
+
+
+def _current_endpoint(explicit: StreamEndpoint | None) -> StreamEndpoint:
+    endpoint = explicit or _endpoint.get()
+    if endpoint is None:
+        raise ConfigurationError(
+            "no stream endpoint: add StreamPlugin to the Litestar app, render inside "
+            "'with use_endpoint(StreamEndpoint(...)):', or pass endpoint=..."
+        )
+    return endpoint
+
+
+# -- registration of rendered scopes -----------------------------------------------------
+
+
+class _Registry:
+    __slots__ = ("owner", "scopes")
+
+    def __init__(self, owner: object) -> None:
+        self.owner = owner
+        self.scopes: dict[str, None] = {}
+
+
+_registry: ContextVar[_Registry | None] = ContextVar("streamui_registry", default=None)
+
+
+def _owner() -> object:
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:
+        task = None
+    return task if task is not None else threading.get_ident()
+
+
+def _register(scopes: Iterable[str]) -> None:
+    owner = _owner()
+    registry = _registry.get()
+    # A registry inherited from another task (e.g. the parent of asyncio.gather) belongs
+    # to another render: start our own so concurrent pages never mix.
+    if registry is None or registry.owner != owner:
+        registry = _Registry(owner)
+        _registry.set(registry)
+    registry.scopes.update(dict.fromkeys(scopes))
+
+
+def _consume() -> list[str]:
+    registry = _registry.get()
+    if registry is None or registry.owner != _owner():
+        return []
+    scopes = list(registry.scopes)
+    registry.scopes.clear()
+    return scopes
+
+
+def _normalize(scopes: str | Iterable[str]) -> tuple[str, ...]:
+    values = (scopes,) if isinstance(scopes, str) else tuple(scopes)
+    if not values:
+        raise ValueError("at least one scope is required")
+    return tuple(dict.fromkeys(validate_scope(value) for value in values))
+
+
+# -- attributes and expressions ----------------------------------------------------------
+
+
+def _js_string(text: str) -> str:
+    """A JavaScript string literal for *text* that Datastar's rewriting leaves alone."""
+    # json.dumps escapes quotes, backslashes, control and non-ASCII characters (so also
+    # U+2028/9); '@' and '$' are escaped too because Datastar rewrites '@name(' and
+    # '$name' before evaluating, even inside string literals.
+    return json.dumps(text).replace("@", "\\u0040").replace("$", "\\u0024")
+
+
+def scope_signals(*scopes: str) -> dict[str, Any]:
+    """The initial signals for *scopes*: ``{"_stream": {key: 0, …}}``."""
+    values = _normalize(scopes)
+    return {SIGNAL_NAMESPACE: {scope_key(value): 0 for value in values}}
+
+
+def watch_effect(scopes: str | Sequence[str], url: str) -> str:
+    """The ``data-effect`` expression that re-fetches *url* when any scope changes."""
+    values = _normalize(scopes)
+    if not isinstance(url, str) or not url.strip():
+        raise ValueError(f"watch_effect needs a non-empty url, got {url!r}")
+    reads = ", ".join(f"${SIGNAL_NAMESPACE}.{scope_key(value)}" for value in values)
+    return (
+        f"let seen = [{reads}].join(); "
+        f"if (el.streamuiSeen !== undefined && el.streamuiSeen !== seen) "
+        f"{action_generator.get(JSExpression(_js_string(url)))}; "
+        "el.streamuiSeen = seen"
+    )
+
+
+def _signals_json(signals: Mapping[str, Any]) -> str:
+    return json.dumps(signals, separators=(",", ":"))
+
+
+def watch_attrs(scopes: str | Sequence[str], url: str) -> dict[str, str]:
+    """The Watch attributes as a dict, for a component's own root element.
+
+    Registers the scopes when called, so call it while rendering (inside the component).
+    """
+    values = _normalize(scopes)
+    attrs = _watch_attributes(values, url)
+    _register(values)
+    return attrs
+
+
+def _watch_attributes(scopes: tuple[str, ...], url: str) -> dict[str, str]:
+    return {
+        "data-signals__ifmissing": _signals_json(scope_signals(*scopes)),
+        "data-effect": watch_effect(scopes, url),
+    }
+
+
+class _WatchElement(Element):
+    """An htpy element that registers its scopes each time it is rendered."""
+
+    __slots__ = ("_scopes",)
+
+    def __init__(
+        self,
+        name: str,
+        attrs_str: str = "",
+        children: Node = None,
+        scopes: tuple[str, ...] = (),
+    ) -> None:
+        super().__init__(name, attrs_str, children)
+        self._scopes = scopes
+
+    def __getitem__(self, children: Node) -> _WatchElement:
+        element = super().__getitem__(children)
+        element._scopes = self._scopes
+        return element
+
+    def __call__(self, /, *args: Any, **kwargs: Attribute) -> _WatchElement:
+        element = super().__call__(*args, **kwargs)
+        element._scopes = self._scopes
+        return element
+
+    def iter_chunks(self, context: Mapping[Context[Any], Any] | None = None) -> Iterator[str]:
+        _register(self._scopes)
+        yield from super().iter_chunks(context)
+
+    async def aiter_chunks(
+        self, context: Mapping[Context[Any], Any] | None = None
+    ) -> AsyncIterator[str]:
+        _register(self._scopes)
+        async for chunk in super().aiter_chunks(context):
+            yield chunk
+
+
+def Watch(  # noqa: N802 - a component, named like an element
+    scopes: str | Sequence[str],
+    url: str,
+    *,
+    tag: str = "div",
+    **attrs: Attribute,
+) -> _WatchElement:
+    """A wrapper element that reloads from *url* whenever one of *scopes* is invalidated.
+
+    *url* must answer with HTML whose root element has the same ``id`` as this wrapper
+    (give it ``id=...``), typically the same component rendered again.
+    """
+    values = _normalize(scopes)
+    if not tag.isalnum() or not tag.islower():
+        raise ValueError(f"invalid tag name {tag!r}")
+    base = _WatchElement(tag, scopes=values)
+    return base(_watch_attributes(values, url), **attrs)
+
+
+# -- connecting the page to its stream ---------------------------------------------------
+
+
+def _token_signals(endpoint: StreamEndpoint, scopes: Sequence[str]) -> dict[str, Any]:
+    token = endpoint.signer.sign(scopes)
+    name = "t" + hashlib.sha256(token.encode()).hexdigest()[:16]
+    return {**scope_signals(*scopes), TOKENS_NAMESPACE: {name: token}}
+
+
+class _LazyComponent:
+    """Renders by calling a function at render time (after everything before it)."""
+
+    __slots__ = ("_render",)
+
+    def __init__(self, render: Any) -> None:
+        self._render = render
+
+    def iter_chunks(self, context: Mapping[Context[Any], Any] | None = None) -> Iterator[str]:
+        node = self._render()
+        if node is not None:
+            yield from node.iter_chunks(context)
+
+    async def aiter_chunks(
+        self, context: Mapping[Context[Any], Any] | None = None
+    ) -> AsyncIterator[str]:
+        for chunk in self.iter_chunks(context):
+            yield chunk
+
+    def __str__(self) -> Markup:
+        from markupsafe import Markup
+
+        return Markup("".join(self.iter_chunks()))
+
+    __html__ = __str__
+
+
+def Connect(  # noqa: N802
+    path: str | None = None, *, endpoint: StreamEndpoint | None = None
+) -> _LazyComponent:
+    """Open the tab's stream for every scope watched before this point of the page.
+
+    Place it after the page content (e.g. last in ``<body>``). Renders nothing when no
+    scope was registered.
+    """
+
+    def render() -> Element | None:
+        scopes = _consume()
+        if not scopes:
+            return None
+        chosen = _current_endpoint(endpoint)
+        stream_path = path or chosen.path
+        url = (
+            f"{_js_string(stream_path + '?')} + Object.values(${TOKENS_NAMESPACE})"
+            ".map((token) => 't=' + token).join('&')"
+        )
+        get = action_generator.get(
+            JSExpression(url),
+            retry="always",
+            retry_max_count=_RETRY_MAX_COUNT,
+            include_signals="^$",
+        )
+        return div(
+            {
+                "id": CONNECT_ID,
+                "data-signals__ifmissing": _signals_json(_token_signals(chosen, scopes)),
+                "data-effect": get,
+            },
+            hidden=True,
+        )
+
+    return _LazyComponent(render)
+
+
+def JoinStream(  # noqa: N802
+    *, tag: str = "div", endpoint: StreamEndpoint | None = None
+) -> _LazyComponent:
+    """At the end of a fragment: add the scopes of the Watch elements rendered before it
+    to the tab's stream. Renders nothing when the fragment registered no scope."""
+
+    def render() -> Element | None:
+        scopes = _consume()
+        if not scopes:
+            return None
+        signals = _token_signals(_current_endpoint(endpoint), scopes)
+        return Element(tag)({"data-signals__ifmissing": _signals_json(signals)}, hidden=True)
+
+    return _LazyComponent(render)
+
+
+def init_scope(*scopes: str, endpoint: StreamEndpoint | None = None) -> DatastarEvent:
+    """A ``datastar-patch-signals`` event adding *scopes* to the tab: their keys (only if
+    missing) and a token that makes the tab's stream watch them too."""
+    values = _normalize(scopes)
+    signals = _token_signals(_current_endpoint(endpoint), values)
+    return ServerSentEventGenerator.patch_signals(signals, only_if_missing=True)
+
+
+def datastar_script(src: str | None = None) -> Element:
+    """The ``<script type="module">`` tag that loads Datastar (default: the official CDN
+    build of the version streamui is tested with)."""
+    return script(type="module", src=src or DATASTAR_CDN_URL)

@@ -1,0 +1,43 @@
+"""Every error streamui raises, under one base class.
+
+```
+StreamUIError
+├── InvalidScopeError (also a ValueError)   a scope, key, subject or prefix broke the grammar
+├── InvalidTokenError (also a ValueError)   a stream token is missing, malformed, tampered or stale
+├── ConfigurationError                      a setting cannot work (e.g. no stream endpoint for Connect)
+└── BrokerStateError (also a RuntimeError)  the broker was used before start or after close
+```
+
+Usage errors (the first three) mean the caller must change what it passes; a
+`BrokerStateError` means the caller used a long-lived object outside its lifetime.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BrokerStateError",
+    "ConfigurationError",
+    "InvalidScopeError",
+    "InvalidTokenError",
+    "StreamUIError",
+]
+
+
+class StreamUIError(Exception):
+    """Base class of every error raised by streamui."""
+
+
+class InvalidScopeError(StreamUIError, ValueError):
+    """A scope, signal key, subject or subject prefix does not follow the grammar."""
+
+
+class InvalidTokenError(StreamUIError, ValueError):
+    """A stream token could not be verified."""
+
+
+class ConfigurationError(StreamUIError):
+    """streamui was set up in a way that cannot work."""
+
+
+class BrokerStateError(StreamUIError, RuntimeError):
+    """The broker was used before `start()` or after `close()`."""

@@ -1,0 +1,191 @@
+"""Litestar integration: `StreamPlugin` serves the stream and owns the broker.
+
+``Litestar(plugins=[StreamPlugin(StreamConfig(secret=...))])``:
+
+- registers `StreamController` at ``config.path`` (default ``/streamui/stream``);
+- provides the `Broker` as the dependency ``broker`` (unless the app already defines one);
+- starts the broker with the app and closes it (ending every stream) on shutdown;
+- makes `Connect`, `JoinStream` and `init_scope` sign tokens for this app in every request.
+
+The stream endpoint answers 400 for a missing token, too many tokens or scopes, 403 for
+a token that does not verify or a connection the ``authorize`` hook refuses, and 503 if
+the broker cannot subscribe; each with a reason in the body. It never answers 500 for
+bad input.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from litestar import Controller, Request, get
+from litestar.di import Provide
+from litestar.exceptions import ClientException, PermissionDeniedException
+from litestar.plugins import InitPlugin
+
+from streamui.broker import Broker
+from streamui.components import StreamEndpoint, use_endpoint
+from streamui.errors import ConfigurationError, InvalidTokenError
+from streamui.scopes import DEFAULT_PREFIX
+from streamui.stream import EventStream
+from streamui.tokens import TokenSigner
+
+if TYPE_CHECKING:
+    from litestar import Litestar
+    from litestar.config.app import AppConfig
+    from litestar.types import ASGIApp, Receive, Scope, Send
+
+    from streamui.transports import Transport
+
+__all__ = ["Authorize", "StreamConfig", "StreamController", "StreamPlugin"]
+
+logger = logging.getLogger("streamui.litestar")
+
+Authorize = Callable[[Request[Any, Any, Any], tuple[str, ...]], bool | Awaitable[bool]]
+"""``authorize(request, scopes)``: return False to refuse the stream (403)."""
+
+_STATE_KEY = "streamui"
+
+
+@dataclass
+class StreamConfig:
+    """Settings of the stream endpoint and its broker."""
+
+    path: str = "/streamui/stream"
+    secret: str | bytes | None = None
+    """HMAC secret for stream tokens, shared by every process serving the app. None draws
+    a random one per process, which only works with a single process."""
+    prefix: str = DEFAULT_PREFIX
+    transport: Transport | None = None
+    """None: the in-process transport."""
+    broker: Broker | None = None
+    """An existing broker to serve; by default one is built from *transport* and *prefix*."""
+    max_scopes: int = 64
+    max_tokens: int = 16
+    heartbeat: float = 15.0
+    max_lifetime: float | None = None
+    token_max_age: float | None = None
+    authorize: Authorize | None = None
+    dependency_key: str = "broker"
+
+    def __post_init__(self) -> None:
+        if not self.path.startswith("/"):
+            raise ConfigurationError(f"path must start with '/', got {self.path!r}")
+        for name in ("max_scopes", "max_tokens"):
+            if getattr(self, name) < 1:
+                raise ConfigurationError(f"{name} must be at least 1, got {getattr(self, name)!r}")
+        if self.heartbeat <= 0:
+            raise ConfigurationError(f"heartbeat must be positive seconds, got {self.heartbeat!r}")
+        if self.max_lifetime is not None and self.max_lifetime <= 0:
+            raise ConfigurationError(f"max_lifetime must be positive, got {self.max_lifetime!r}")
+
+
+@dataclass(frozen=True)
+class _State:
+    config: StreamConfig
+    broker: Broker
+    endpoint: StreamEndpoint
+
+
+class StreamController(Controller):
+    """Serves ``GET <path>?t=<token>[&t=<token>…]`` as a Datastar SSE stream."""
+
+    path = "/streamui/stream"
+    include_in_schema = False
+
+    @get("/", name="streamui:stream", cache=False)
+    async def stream(self, request: Request[Any, Any, Any]) -> ASGIApp:
+        state: _State = request.app.state[_STATE_KEY]
+        config = state.config
+        tokens = request.query_params.getall("t", [])
+        if not tokens:
+            raise ClientException("missing stream token: the URL needs ?t=<token> from Connect()")
+        if len(tokens) > config.max_tokens:
+            raise ClientException(
+                f"too many stream tokens: {len(tokens)}, the limit is {config.max_tokens}"
+            )
+        scopes: dict[str, None] = {}
+        issued = []
+        for token in tokens:
+            try:
+                verified = state.endpoint.signer.verify(token)
+            except InvalidTokenError as error:
+                raise PermissionDeniedException(str(error)) from None
+            scopes.update(dict.fromkeys(verified.scopes))
+            issued.append(verified.issued_at)
+        if len(scopes) > config.max_scopes:
+            raise ClientException(
+                f"too many scopes: {len(scopes)}, the limit is {config.max_scopes}"
+            )
+        watched = tuple(scopes)
+        if config.authorize is not None:
+            allowed = config.authorize(request, watched)
+            if inspect.isawaitable(allowed):
+                allowed = await allowed
+            if not allowed:
+                raise PermissionDeniedException("not authorized to watch these scopes")
+        # The newest token bounds the catch-up: older tokens' scopes were served by the
+        # stream this one replaces until the browser aborted it, after the newest render.
+        return EventStream(
+            state.broker,
+            watched,
+            rendered_at=max(issued),
+            resume=bool(request.headers.get("last-event-id")),
+            heartbeat=config.heartbeat,
+            max_lifetime=config.max_lifetime,
+        )
+
+
+class StreamPlugin(InitPlugin):
+    """Adds streamui to a Litestar app (see the module docstring)."""
+
+    __slots__ = ("broker", "config", "endpoint")
+
+    def __init__(self, config: StreamConfig | None = None) -> None:
+        self.config = config or StreamConfig()
+        self.broker = self.config.broker or Broker(self.config.transport, prefix=self.config.prefix)
+        self.endpoint = StreamEndpoint(
+            self.config.path, TokenSigner(self.config.secret, max_age=self.config.token_max_age)
+        )
+
+    def on_app_init(self, app_config: AppConfig) -> AppConfig:
+        state = _State(self.config, self.broker, self.endpoint)
+        app_config.state[_STATE_KEY] = state
+        controller = type("StreamController", (StreamController,), {"path": self.config.path})
+        app_config.route_handlers.append(controller)
+        if self.config.dependency_key not in app_config.dependencies:
+            broker = self.broker
+
+            def provide_broker() -> Broker:
+                return broker
+
+            app_config.dependencies[self.config.dependency_key] = Provide(
+                provide_broker, sync_to_thread=False
+            )
+        app_config.signature_namespace.update(
+            {"Broker": Broker, "StreamConfig": StreamConfig, "StreamPlugin": StreamPlugin}
+        )
+        app_config.lifespan.append(self._lifespan)
+        app_config.middleware.insert(0, self._middleware)
+        return app_config
+
+    @asynccontextmanager
+    async def _lifespan(self, app: Litestar) -> AsyncGenerator[None, None]:
+        await self.broker.start()
+        try:
+            yield
+        finally:
+            await self.broker.close()
+
+    def _middleware(self, app: ASGIApp) -> ASGIApp:
+        endpoint = self.endpoint
+
+        async def with_endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+            with use_endpoint(endpoint):
+                await app(scope, receive, send)
+
+        return with_endpoint

@@ -1,0 +1,125 @@
+"""The Server-Sent-Events stream of one browser tab, as a plain ASGI application.
+
+`EventStream` is framework-agnostic (the Litestar controller returns one after it has
+verified the request). What it guarantees:
+
+- Upstream subscriptions are taken before the response starts; if that fails the
+  client gets a 503 with a reason, never a half-open stream.
+- The first bytes are an id-only frame (``id: <revision>``): the browser's SSE parser
+  records the id without dispatching an event, so even a tab hidden before its first
+  invalidation reconnects with ``Last-Event-ID`` and is caught up.
+- Each write carries every change coalesced since the previous write, as one
+  ``datastar-patch-signals`` event with an ``id:``. The writer wakes once per batch.
+- A comment line is written every *heartbeat* seconds so proxies keep idle streams open.
+- After *max_lifetime* seconds the stream ends cleanly; the client reconnects (and the
+  authorization hook runs again).
+- When the client disconnects, the server cancels, or the broker closes, every
+  subscription is released (the ``async with broker.watch(...)`` block always exits).
+
+Memory per stream: one `Watcher`, one task waiting for the disconnect, two timers.
+Writes block on the transport's flow control, so a slow reader holds at most one
+coalesced frame in our hands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from datastar_py.sse import SSE_HEADERS
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from litestar.types import Receive, Scope, Send
+
+    from streamui.broker import Broker, Watcher
+
+__all__ = ["EventStream"]
+
+logger = logging.getLogger("streamui.stream")
+
+_HEADERS = [(name.lower().encode(), value.encode()) for name, value in SSE_HEADERS.items()]
+
+
+class EventStream:
+    """ASGI app streaming invalidations of *scopes* from *broker* to one client."""
+
+    __slots__ = ("_broker", "_heartbeat", "_max_lifetime", "_rendered_at", "_resume", "_scopes")
+
+    def __init__(
+        self,
+        broker: Broker,
+        scopes: Sequence[str],
+        *,
+        rendered_at: float | None = None,
+        resume: bool = False,
+        heartbeat: float = 15.0,
+        max_lifetime: float | None = None,
+    ) -> None:
+        self._broker = broker
+        self._scopes = tuple(scopes)
+        self._rendered_at = rendered_at
+        self._resume = resume
+        self._heartbeat = heartbeat
+        self._max_lifetime = max_lifetime
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        watch = self._broker.watch(self._scopes, rendered_at=self._rendered_at, resume=self._resume)
+        try:
+            watcher = await watch.__aenter__()
+        except Exception as error:
+            logger.exception("could not subscribe for a stream")
+            body = f"stream unavailable: {type(error).__name__}: {error}".encode()
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 503,
+                    "headers": [(b"content-type", b"text/plain; charset=utf-8"), (b"retry-after", b"2")],
+                }
+            )
+            await send({"type": "http.response.body", "body": body, "more_body": False})
+            return
+        try:
+            await self._serve(watcher, receive, send)
+        finally:
+            await watch.__aexit__(None, None, None)
+
+    async def _serve(self, watcher: Watcher, receive: Receive, send: Send) -> None:
+        loop = asyncio.get_running_loop()
+        disconnected = loop.create_future()
+
+        async def wait_for_disconnect() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            disconnected.set_result(None)
+            watcher.close()
+
+        timers: list[asyncio.TimerHandle] = []
+
+        def heartbeat() -> None:
+            watcher.heartbeat()
+            timers[0] = loop.call_later(self._heartbeat, heartbeat)
+
+        timers.append(loop.call_later(self._heartbeat, heartbeat))
+        if self._max_lifetime is not None:
+            timers.append(loop.call_later(self._max_lifetime, watcher.close))
+        reader = loop.create_task(wait_for_disconnect())
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": _HEADERS})
+            opening = f"id: {self._broker.revision or self._broker.next_revision()}\n\n".encode()
+            await send({"type": "http.response.body", "body": opening, "more_body": True})
+            while True:
+                await watcher.wake.wait()
+                if watcher.closed:
+                    break
+                frame = watcher.take()
+                if frame:
+                    await send({"type": "http.response.body", "body": frame, "more_body": True})
+            if not disconnected.done():
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            for timer in timers:
+                timer.cancel()
+            reader.cancel()

@@ -1,0 +1,112 @@
+"""Stream tokens: the signed list of scopes a tab may watch, and when it was rendered.
+
+A token is ``<payload>.<mac>``, both URL-safe base64 without padding. The payload is
+compact JSON ``{"s": [scopes…], "t": <unix time, ms>}``; the MAC is HMAC-SHA256 over the
+payload with the application's secret. A client cannot add a scope, widen a wildcard or
+watch another tenant's scope by editing the URL: any change breaks the MAC.
+
+Tokens do not expire by default, because a tab's stream URL never changes and must keep
+reconnecting for as long as the tab is open; use the stream's authorization hook (run on
+every connect) for per-user checks, and ``max_age`` where tokens must expire.
+
+Every process that serves streams for the same pages must share the secret.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from streamui.errors import ConfigurationError, InvalidTokenError
+from streamui.scopes import validate_scope
+
+__all__ = ["StreamToken", "TokenSigner"]
+
+_MAX_TOKEN_LENGTH = 32_768
+
+
+@dataclass(frozen=True, slots=True)
+class StreamToken:
+    """What a verified token says."""
+
+    scopes: tuple[str, ...]
+    issued_at: float
+    """Unix time (seconds) at which the page was rendered."""
+
+
+def _b64encode(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def _b64decode(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class TokenSigner:
+    """Signs and verifies stream tokens with one secret.
+
+    ``TokenSigner()`` draws a random secret, which is right for one process only.
+    """
+
+    __slots__ = ("_key", "max_age")
+
+    def __init__(self, secret: str | bytes | None = None, *, max_age: float | None = None):
+        if secret is None:
+            secret = secrets.token_bytes(32)
+        if isinstance(secret, str):
+            secret = secret.encode()
+        if len(secret) < 16:
+            raise ConfigurationError(
+                f"the stream secret is {len(secret)} bytes; use at least 16 "
+                "(e.g. secrets.token_urlsafe(32))"
+            )
+        if max_age is not None and max_age <= 0:
+            raise ConfigurationError(f"max_age must be positive seconds, got {max_age!r}")
+        self._key = hashlib.sha256(b"streamui-token\x00" + secret).digest()
+        self.max_age = max_age
+
+    def _mac(self, payload: bytes) -> bytes:
+        return hmac.new(self._key, payload, hashlib.sha256).digest()
+
+    def sign(self, scopes: Sequence[str], *, issued_at: float | None = None) -> str:
+        """A token for *scopes* (validated), rendered at *issued_at* (default: now)."""
+        checked = [validate_scope(value) for value in scopes]
+        when = time.time() if issued_at is None else issued_at
+        payload = json.dumps({"s": checked, "t": int(when * 1000)}, separators=(",", ":"))
+        raw = payload.encode()
+        return f"{_b64encode(raw)}.{_b64encode(self._mac(raw))}"
+
+    def verify(self, token: str) -> StreamToken:
+        """Return what *token* says, or raise `InvalidTokenError` saying why not."""
+        if not token:
+            raise InvalidTokenError("missing stream token")
+        if len(token) > _MAX_TOKEN_LENGTH:
+            raise InvalidTokenError(f"stream token too long ({len(token)} characters)")
+        payload_text, dot, mac_text = token.partition(".")
+        try:
+            raw = _b64decode(payload_text)
+            mac = _b64decode(mac_text)
+        except (binascii.Error, ValueError):
+            raise InvalidTokenError("malformed stream token (not base64)") from None
+        if not dot or not hmac.compare_digest(mac, self._mac(raw)):
+            raise InvalidTokenError(
+                "stream token signature does not match (tampered, or signed with another secret)"
+            )
+        try:
+            body = json.loads(raw)
+            scopes = tuple(validate_scope(value) for value in body["s"])
+            issued_at = int(body["t"]) / 1000
+        except (ValueError, KeyError, TypeError) as error:
+            raise InvalidTokenError(f"malformed stream token payload: {error}") from None
+        if self.max_age is not None and time.time() - issued_at > self.max_age:
+            raise InvalidTokenError(
+                f"stream token expired (older than {self.max_age:g} s); reload the page"
+            )
+        return StreamToken(scopes, issued_at)
