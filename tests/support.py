@@ -1,0 +1,119 @@
+"""Test support: a real uvicorn server on a free port, and an SSE reader for httpx streams."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import html
+import json
+import re
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import uvicorn
+
+from litestar.types import ASGIApp
+
+WAIT = 10.0
+"""Generous timeout (seconds) for anything a test waits on."""
+
+
+@contextlib.asynccontextmanager
+async def serve(app: ASGIApp) -> AsyncIterator[str]:
+    """Run *app* under uvicorn (httptools) on a free loopback port; yield its base URL."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        app, log_level="warning", lifespan="on", http="httptools", timeout_graceful_shutdown=2
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        async with asyncio.timeout(WAIT):
+            while not server.started:
+                if task.done():
+                    task.result()
+                    raise RuntimeError("uvicorn stopped before it started")
+                await asyncio.sleep(0.01)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(task, WAIT)
+        sock.close()
+
+
+@dataclass
+class Event:
+    """One SSE frame as the browser's parser sees it."""
+
+    event: str | None = None
+    id: str | None = None
+    data: list[str] = field(default_factory=list)
+    comments: list[str] = field(default_factory=list)
+
+    @property
+    def signals(self) -> dict[str, Any]:
+        """The JSON of a datastar-patch-signals event."""
+        assert self.event == "datastar-patch-signals", self
+        lines = [line.removeprefix("signals ") for line in self.data if line.startswith("signals ")]
+        value: dict[str, Any] = json.loads("\n".join(lines))
+        return value
+
+
+class SSEReader:
+    """Reads frames from an open httpx streaming response."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self._lines = response.aiter_lines()
+
+    async def next(self, timeout: float = WAIT) -> Event:
+        """The next frame (an event, an id-only frame or a comment-only frame)."""
+        frame = Event()
+        seen = False
+        async with asyncio.timeout(timeout):
+            async for line in self._lines:
+                if line == "":
+                    if seen:
+                        return frame
+                    continue
+                seen = True
+                name, _, value = line.partition(":")
+                value = value.removeprefix(" ")
+                if name == "":
+                    frame.comments.append(value)
+                elif name == "event":
+                    frame.event = value
+                elif name == "id":
+                    frame.id = value
+                elif name == "data":
+                    frame.data.append(value)
+        raise EOFError("the stream ended")
+
+    async def next_event(self, timeout: float = WAIT) -> Event:
+        """The next frame that is an event (skipping id-only and comment frames)."""
+        async with asyncio.timeout(timeout):
+            while True:
+                frame = await self.next(timeout)
+                if frame.event is not None:
+                    return frame
+
+
+_TOKENS = re.compile(r'"_streamTokens":\{"\w+":"([^"]+)"\}')
+
+
+def stream_tokens(page_html: str) -> list[str]:
+    """The stream tokens that Connect()/JoinStream() rendered into a page."""
+    return _TOKENS.findall(html.unescape(page_html))
+
+
+def stream_path(page_html: str) -> str:
+    """The stream path from Connect()'s data-effect."""
+    match = re.search(r'@get\(\("([^"?]+)\?"', html.unescape(page_html))
+    assert match, "no Connect() element with a stream URL in the page"
+    return match.group(1)
