@@ -24,13 +24,10 @@ every scope that may have changed between the page render and the connect.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import json
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
-from types import TracebackType
 from typing import TYPE_CHECKING, Final
 
 from datastar_py import ServerSentEventGenerator
@@ -49,6 +46,9 @@ from streamui.scopes import (
 from streamui.transports import InProcessTransport, Subscription, Transport
 
 if TYPE_CHECKING:
+    import concurrent.futures
+    from collections.abc import Iterable
+    from types import TracebackType
     from typing import Self
 
 __all__ = ["Broker", "Watcher"]
@@ -116,8 +116,7 @@ class Watcher:
         self._pending.add(key)
         if payload:
             self._data[key] = payload
-        if revision > self._revision:
-            self._revision = revision
+        self._revision = max(self._revision, revision)
         self.wake.set()
 
     def mark_all(self) -> None:
@@ -394,7 +393,9 @@ class Broker:
 
     def _frame(self, keys: tuple[str, ...], revision: int, data: dict[str, bytes]) -> bytes:
         """One patch-signals event, built once per (keys, revision, data) and shared."""
-        cache_key: tuple[object, ...] = (keys, revision, *sorted(data.items())) if data else (keys, revision)
+        cache_key: tuple[object, ...] = (
+            (keys, revision, *sorted(data.items())) if data else (keys, revision)
+        )
         frame = self._frames.get(cache_key)
         if frame is None:
             if len(self._frames) >= _FRAME_CACHE_LIMIT:
@@ -402,7 +403,9 @@ class Broker:
             revisions = ",".join(f'"{key}":{revision}' for key in keys)
             signals = f'{{"{SIGNAL_NAMESPACE}":{{{revisions}}}'
             if data:
-                values = ",".join(f'"{key}":{value.decode()}' for key, value in sorted(data.items()))
+                values = ",".join(
+                    f'"{key}":{value.decode()}' for key, value in sorted(data.items())
+                )
                 signals += f',"{DATA_NAMESPACE}":{{{values}}}'
             signals += "}"
             event = ServerSentEventGenerator.patch_signals(signals, event_id=str(revision))

@@ -33,14 +33,12 @@ import contextlib
 import hashlib
 import json
 import threading
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 from datastar_py import ServerSentEventGenerator
 from datastar_py.attributes import JSExpression, action_generator
-from datastar_py.sse import DatastarEvent
 from htpy import Element, div, script
 
 from streamui.errors import ConfigurationError
@@ -48,6 +46,9 @@ from streamui.scopes import SIGNAL_NAMESPACE, scope_key, validate_scope
 from streamui.tokens import TokenSigner
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+
+    from datastar_py.sse import DatastarEvent
     from htpy import Context
     from htpy._types import Attribute, Node
     from markupsafe import Markup
@@ -260,7 +261,7 @@ class _WatchElement(Element):
             yield chunk
 
 
-def Watch(  # noqa: N802 - a component, named like an element
+def Watch(
     scopes: str | Sequence[str],
     url: str,
     *,
@@ -315,9 +316,7 @@ class _LazyComponent:
     __html__ = __str__
 
 
-def Connect(  # noqa: N802
-    path: str | None = None, *, endpoint: StreamEndpoint | None = None
-) -> _LazyComponent:
+def Connect(path: str | None = None, *, endpoint: StreamEndpoint | None = None) -> _LazyComponent:
     """Open the tab's stream for every scope watched before this point of the page.
 
     Place it after the page content (e.g. last in ``<body>``). Renders nothing when no
@@ -352,9 +351,7 @@ def Connect(  # noqa: N802
     return _LazyComponent(render)
 
 
-def JoinStream(  # noqa: N802
-    *, tag: str = "div", endpoint: StreamEndpoint | None = None
-) -> _LazyComponent:
+def JoinStream(*, tag: str = "div", endpoint: StreamEndpoint | None = None) -> _LazyComponent:
     """At the end of a fragment: add the scopes of the Watch elements rendered before it
     to the tab's stream. Renders nothing when the fragment registered no scope."""
 

@@ -2,10 +2,10 @@
 
 ```
 StreamUIError
-├── InvalidScopeError (also a ValueError)   a scope, key, subject or prefix broke the grammar
-├── InvalidTokenError (also a ValueError)   a stream token is missing, malformed, tampered or stale
-├── ConfigurationError                      a setting cannot work (e.g. no stream endpoint for Connect)
-└── BrokerStateError (also a RuntimeError)  the broker was used before start or after close
+├── InvalidScopeError (ValueError)   a scope, key, subject or prefix broke the grammar
+├── InvalidTokenError (ValueError)   a stream token is missing, malformed, tampered or stale
+├── ConfigurationError               a setting cannot work (e.g. Connect without an endpoint)
+└── BrokerStateError (RuntimeError)  the broker was used before start or after close
 ```
 
 Usage errors (the first three) mean the caller must change what it passes; a

@@ -59,7 +59,9 @@ DATA_NAMESPACE: Final = "_streamData"
 DEFAULT_PREFIX: Final = "streamui.scope"
 MAX_SCOPE_LENGTH: Final = 256
 
-_SEGMENT_CHARS: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+_SEGMENT_CHARS: Final = frozenset(
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"
+)
 _SEGMENT = r"[A-Za-z0-9_-]+"
 _CONCRETE_RE: Final = re.compile(rf"{_SEGMENT}(?::{_SEGMENT})*")
 _PATTERN_RE: Final = re.compile(rf"(?:{_SEGMENT}|\*)(?::(?:{_SEGMENT}|\*))*(?::>)?|>")
@@ -163,11 +165,13 @@ def scope_key(value: str) -> str:
     validate_scope(value)
     segments = value.split(":")
     if not value[0].isdigit() and all(
-        segment in ("*", ">") or (_PLAIN_SEGMENT_RE.fullmatch(segment) and segment not in (_WILD, _REST))
+        segment in ("*", ">")
+        or (_PLAIN_SEGMENT_RE.fullmatch(segment) and segment not in (_WILD, _REST))
         for segment in segments
     ):
         return "_".join(
-            _WILD if segment == "*" else _REST if segment == ">" else segment for segment in segments
+            _WILD if segment == "*" else _REST if segment == ">" else segment
+            for segment in segments
         )
     return "_" + "".join(_ESCAPES.get(char, char) for char in value)
 

@@ -76,7 +76,10 @@ class EventStream:
                 {
                     "type": "http.response.start",
                     "status": 503,
-                    "headers": [(b"content-type", b"text/plain; charset=utf-8"), (b"retry-after", b"2")],
+                    "headers": [
+                        (b"content-type", b"text/plain; charset=utf-8"),
+                        (b"retry-after", b"2"),
+                    ],
                 }
             )
             await send({"type": "http.response.body", "body": body, "more_body": False})

@@ -21,11 +21,14 @@ import hmac
 import json
 import secrets
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from streamui.errors import ConfigurationError, InvalidTokenError
 from streamui.scopes import validate_scope
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 __all__ = ["StreamToken", "TokenSigner"]
 

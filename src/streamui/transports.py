@@ -26,7 +26,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import TypeAlias
 
-__all__ = ["InProcessTransport", "MessageHandler", "Subscription", "SubjectTrie", "Transport"]
+__all__ = ["InProcessTransport", "MessageHandler", "SubjectTrie", "Subscription", "Transport"]
 
 MessageHandler: TypeAlias = Callable[[str, bytes], None]
 """Called as ``handler(subject, payload)`` on the broker's event loop."""
