@@ -1,0 +1,72 @@
+#!/usr/bin/env python3
+"""Developer commands that work on a machine with nothing but Python >= 3.11.
+
+    python3 dev.py demo      run the showcase on the in-process broker (http://127.0.0.1:8000)
+    python3 dev.py test      lint, type-check and run the whole test suite
+    python3 dev.py bench     run the benchmarks (bench/)
+
+Each command creates or refreshes the virtual environment in .venv (re-installing when
+pyproject.toml changes), so a fresh clone needs no other step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
+PYTHON = BIN / "python"
+STAMP = VENV / ".streamui-installed"
+
+
+def run(*command: str | Path) -> None:
+    print("+", " ".join(str(part) for part in command), flush=True)
+    result = subprocess.run([str(part) for part in command], cwd=ROOT, check=False)
+    if result.returncode != 0:
+        sys.exit(result.returncode)
+
+
+def ensure_venv() -> None:
+    if sys.version_info < (3, 11):
+        sys.exit(f"streamui needs Python >= 3.11; this is {sys.version.split()[0]}")
+    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    if STAMP.exists() and STAMP.read_text() == wanted and PYTHON.exists():
+        return
+    if not PYTHON.exists():
+        print(f"+ creating {VENV.relative_to(ROOT)}", flush=True)
+        venv.create(VENV, with_pip=True)
+    run(PYTHON, "-m", "pip", "install", "--quiet", "--upgrade", "pip")
+    run(PYTHON, "-m", "pip", "install", "--quiet", "-e", ".[dev]")
+    STAMP.write_text(wanted)
+
+
+def demo() -> None:
+    ensure_venv()
+    run(PYTHON, "-m", "examples.showcase")
+
+
+def test() -> None:
+    ensure_venv()
+    run(BIN / "ruff", "check", "src", "tests", "examples", "bench")
+    run(BIN / "mypy", "--strict", "src", "tests", "examples", "bench")
+    # pytest exits 5 when it collected no test: that must fail, like any other error.
+    run(BIN / "pytest", *sys.argv[2:])
+
+
+def bench() -> None:
+    ensure_venv()
+    run(PYTHON, "-m", "bench", *sys.argv[2:])
+
+
+COMMANDS = {"demo": demo, "test": test, "bench": bench}
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
+        sys.exit(__doc__)
+    COMMANDS[sys.argv[1]]()

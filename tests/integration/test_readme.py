@@ -1,0 +1,50 @@
+"""The README's usage example runs as written: render, stream, vote, see the push."""
+
+from __future__ import annotations
+
+import re
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.support import SSEReader, serve, stream_path, stream_tokens
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def readme_example() -> dict[str, Any]:
+    text = README.read_text()
+    usage = text[text.index("## Usage") :]
+    code = re.search(r"```python\n(.*?)```", usage, re.DOTALL)
+    assert code, "the README's Usage section has no python block"
+    # A real module: Litestar resolves handler annotations through sys.modules.
+    module = types.ModuleType("readme_example")
+    sys.modules[module.__name__] = module
+    exec(compile(code.group(1), str(README), "exec"), module.__dict__)
+    return module.__dict__
+
+
+async def test_readme_usage_example_streams_a_vote() -> None:
+    example = readme_example()
+    async with serve(example["app"]) as base, httpx.AsyncClient(base_url=base) as client:
+        page = (await client.get("/")).text
+        assert "0 votes" in page
+        tokens = stream_tokens(page)
+        assert len(tokens) == 1
+        async with client.stream("GET", stream_path(page), params={"t": tokens}) as response:
+            assert response.status_code == 200
+            reader = SSEReader(response)
+            opening = await reader.next()
+            assert opening.id is not None
+            assert opening.event is None
+            assert (await client.post("/vote")).status_code == 204
+            event = await reader.next_event()
+            assert event.event == "datastar-patch-signals"
+            assert event.id == str(event.signals["_stream"]["poll_1"])
+            assert int(event.id) > int(opening.id)
+        fragment = (await client.get("/tally")).text
+        assert 'id="tally"' in fragment
+        assert "1 votes" in fragment
