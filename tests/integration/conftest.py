@@ -1,0 +1,287 @@
+"""Fixtures for the HTTP integration tests: a real uvicorn server running the test app.
+
+``start(**settings)`` builds the app of `tests.integration.app` with
+``StreamConfig(secret=SECRET, **settings)``, serves it on a free port and returns a
+`Live` handle (base URL, plugin, an httpx client and stream helpers). The fixture
+tears everything down in order and checks, for every test, that:
+
+- the server never answered 500;
+- nothing was logged at ERROR by uvicorn, Litestar or streamui (unless the test said
+  it expects it, with `Live.expect_errors`);
+- once the client has gone, every stream ended and released its subscriptions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import httpx
+import pytest
+
+from streamui import DATA_NAMESPACE, SIGNAL_NAMESPACE, InProcessTransport
+from streamui.litestar import StreamConfig
+from tests.integration.app import make_app
+from tests.support import WAIT, Event, SSEReader, serve, stream_path, stream_tokens
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable, Mapping
+
+    from streamui import Broker
+    from streamui.litestar import StreamPlugin
+
+SECRET = "integration-tests-secret-0123456789"
+"""The stream secret of every app the fixtures start."""
+
+WATCHED_LOGGERS = ("uvicorn.error", "litestar", "streamui")
+
+
+class RecordingHandler(logging.Handler):
+    """Keeps every record at ERROR or above."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@dataclass(frozen=True)
+class Push:
+    """One ``datastar-patch-signals`` event of a stream, checked for shape."""
+
+    revision: int
+    signals: dict[str, Any]
+
+    @property
+    def keys(self) -> set[str]:
+        return set(self.signals[SIGNAL_NAMESPACE])
+
+    @property
+    def data(self) -> dict[str, Any]:
+        value: dict[str, Any] = self.signals.get(DATA_NAMESPACE, {})
+        return value
+
+
+def check_push(event: Event) -> Push:
+    """Check that *event* is a well-formed push and return it.
+
+    A push is a ``datastar-patch-signals`` event with an ``id:`` equal to the revision
+    that every key under ``_stream`` is set to.
+    """
+    assert event.event == "datastar-patch-signals", event
+    assert event.id is not None, f"a push without an id: {event}"
+    assert event.id.isdigit(), event
+    revision = int(event.id)
+    signals = event.signals
+    assert set(signals) <= {SIGNAL_NAMESPACE, DATA_NAMESPACE}, signals
+    revisions = signals[SIGNAL_NAMESPACE]
+    assert revisions, f"a push without keys: {event}"
+    assert all(value == revision for value in revisions.values()), (revision, revisions)
+    return Push(revision, signals)
+
+
+@dataclass
+class OpenStream:
+    """A stream whose response started (200) and whose opening frame was read."""
+
+    response: httpx.Response
+    reader: SSEReader
+    opening_id: int
+    last_revision: int = 0
+
+    async def next_push(self) -> Push:
+        """The next event; it must be a well-formed push newer than the previous one."""
+        push = check_push(await self.reader.next_event())
+        assert push.revision >= self.opening_id, (push, self.opening_id)
+        assert push.revision > self.last_revision, (push, self.last_revision)
+        self.last_revision = push.revision
+        return push
+
+    async def pushes_through(self, key: str) -> list[Push]:
+        """Read pushes up to and including the first one that carries *key*.
+
+        Invalidate a probe scope after other invalidations and read through its key:
+        everything delivered before the probe is in these pushes (a write takes every
+        pending change).
+        """
+        pushes = [await self.next_push()]
+        while key not in pushes[-1].keys:
+            pushes.append(await self.next_push())
+        return pushes
+
+    async def read_to_end(self) -> list[Event]:
+        """Read frames until the response body completes; return them.
+
+        A connection cut before the end of the body raises an `httpx.TransportError`.
+        """
+        frames: list[Event] = []
+        while True:
+            try:
+                frames.append(await self.reader.next())
+            except EOFError:
+                return frames
+
+
+@dataclass
+class Live:
+    """A running test app and a client for it."""
+
+    base_url: str
+    plugin: StreamPlugin
+    client: httpx.AsyncClient
+    statuses: list[int] = field(default_factory=list)
+    expected_error_loggers: set[str] = field(default_factory=set)
+
+    @property
+    def broker(self) -> Broker:
+        return self.plugin.broker
+
+    @property
+    def transport(self) -> InProcessTransport:
+        transport = self.broker.transport
+        assert isinstance(transport, InProcessTransport)
+        return transport
+
+    def expect_errors(self, logger_name: str) -> None:
+        """Allow records at ERROR from *logger_name* (and its children) in this test."""
+        self.expected_error_loggers.add(logger_name)
+
+    async def page(self, *scopes: str) -> str:
+        """A page with one Watch per scope (repeats allowed), and Connect()."""
+        response = await self.client.get("/page", params=[("scope", value) for value in scopes])
+        assert response.status_code == 200, response.text
+        return response.text
+
+    async def fragment(self, *scopes: str) -> str:
+        """A fragment with one Watch per scope, ending with JoinStream()."""
+        response = await self.client.get("/fragment", params=[("scope", value) for value in scopes])
+        assert response.status_code == 200, response.text
+        return response.text
+
+    async def stream_url(self, *scopes: str) -> str:
+        """Render a page watching *scopes* and return its stream URL."""
+        return url_from(await self.page(*scopes))
+
+    @contextlib.asynccontextmanager
+    async def stream(
+        self, url: str, *, headers: Mapping[str, str] | None = None
+    ) -> AsyncIterator[OpenStream]:
+        """Open *url*, check the response and its opening id-only frame; close on exit."""
+        async with self.client.stream("GET", url, headers=headers) as response:
+            if response.status_code != 200:
+                await response.aread()
+            assert response.status_code == 200, (response.status_code, response.text)
+            reader = SSEReader(response)
+            opening = await reader.next()
+            assert opening.event is None, f"the first frame is not id-only: {opening}"
+            assert opening.data == [], opening
+            assert opening.comments == [], opening
+            assert opening.id is not None, opening
+            assert opening.id.isdigit(), opening
+            yield OpenStream(response, reader, int(opening.id))
+
+    async def refused(self, url: str) -> httpx.Response:
+        """GET *url*, which must be answered with an error, not a stream."""
+        async with self.client.stream("GET", url) as response:
+            assert response.status_code != 200, "the stream was opened, not refused"
+            await response.aread()
+            return response
+
+    async def wait_until(self, predicate: Callable[[], bool], what: str) -> None:
+        """Poll *predicate*, for server state that no event announces (e.g. the server
+        noticing a disconnect); bounded by WAIT."""
+        try:
+            async with asyncio.timeout(WAIT):
+                while not predicate():  # noqa: ASYNC110 - nothing to wait on but the state
+                    await asyncio.sleep(0.01)
+        except TimeoutError:
+            raise AssertionError(f"timed out waiting until {what}") from None
+
+    async def wait_released(self) -> None:
+        """Wait until every stream ended and released its upstream subscriptions."""
+        await self.wait_until(
+            lambda: (
+                self.broker.watcher_count == 0
+                and self.broker.subscription_count == 0
+                and self.transport.subscription_count == 0
+            ),
+            "every stream released its subscriptions "
+            f"(watchers={self.broker.watcher_count}, "
+            f"broker={self.broker.subscription_count}, "
+            f"transport={self.transport.subscription_count})",
+        )
+
+
+def url_from(*documents: str) -> str:
+    """The stream URL for a page (the first document) and fragments rendered into it."""
+    tokens = [token for document in documents for token in stream_tokens(document)]
+    assert tokens, "no stream token in the documents"
+    return stream_path(documents[0]) + "?" + "&".join(f"t={token}" for token in tokens)
+
+
+class Start(Protocol):
+    async def __call__(self, **settings: Any) -> Live: ...
+
+
+@contextlib.asynccontextmanager
+async def running(**settings: Any) -> AsyncIterator[Live]:
+    """Serve a new test app with ``StreamConfig(secret=SECRET, **settings)``."""
+    settings.setdefault("secret", SECRET)
+    app, plugin = make_app(StreamConfig(**settings))
+    statuses: list[int] = []
+
+    async def record(response: httpx.Response) -> None:
+        statuses.append(response.status_code)
+
+    handler = RecordingHandler()
+    try:
+        async with serve(app) as base_url:
+            # After serve() started: uvicorn's logging setup drops the handlers it finds.
+            for name in WATCHED_LOGGERS:
+                logging.getLogger(name).addHandler(handler)
+            async with httpx.AsyncClient(
+                base_url=base_url,
+                timeout=WAIT,
+                trust_env=False,
+                event_hooks={"response": [record]},
+            ) as client:
+                live = Live(base_url, plugin, client, statuses)
+                yield live
+            # Shut down only once every stream is gone, so shutdown never has to cut one.
+            if isinstance(plugin.broker.transport, InProcessTransport):
+                await live.wait_released()
+    finally:
+        for name in WATCHED_LOGGERS:
+            logging.getLogger(name).removeHandler(handler)
+    assert 500 not in statuses, f"the server answered 500: {statuses}"
+    unexpected = [
+        record
+        for record in handler.records
+        if not any(
+            record.name == name or record.name.startswith(name + ".")
+            for name in live.expected_error_loggers
+        )
+    ]
+    assert not unexpected, [f"{r.name}: {r.getMessage()}" for r in unexpected]
+
+
+@pytest.fixture
+async def start() -> AsyncIterator[Start]:
+    """Start a test app with the given StreamConfig settings (the secret is SECRET)."""
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def start_app(**settings: Any) -> Live:
+            return await stack.enter_async_context(running(**settings))
+
+        yield start_app
+
+
+@pytest.fixture
+async def live(start: Start) -> Live:
+    """The test app with the default settings."""
+    return await start()
