@@ -1,0 +1,156 @@
+"""Shared helpers for the unit tests: SSE frame parsing, waiting on a watcher, a fake clock.
+
+Import the helpers as ``from tests.unit.conftest import ...``; the fixtures are found by
+pytest on its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+import streamui.broker
+from streamui import Broker, InProcessTransport
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from streamui import Watcher
+
+WAIT = 10.0
+"""Generous timeout (seconds) for anything a test waits on; tests never assert timings."""
+
+
+@dataclass(frozen=True, slots=True)
+class SSEEvent:
+    """One SSE frame as the browser's parser sees it."""
+
+    event: str | None
+    id: str | None
+    data: tuple[str, ...]
+    comments: tuple[str, ...]
+
+    @property
+    def signals(self) -> dict[str, Any]:
+        """The JSON of a ``datastar-patch-signals`` event."""
+        assert self.event == "datastar-patch-signals", self
+        lines = [line.removeprefix("signals ") for line in self.data if line.startswith("signals ")]
+        value: dict[str, Any] = json.loads("\n".join(lines))
+        return value
+
+    @property
+    def only_if_missing(self) -> bool:
+        return "onlyIfMissing true" in self.data
+
+
+def parse_events(frame: bytes | str) -> list[SSEEvent]:
+    """Split SSE bytes into frames; every frame must be terminated by a blank line."""
+    text = frame.decode() if isinstance(frame, bytes) else frame
+    assert text.endswith("\n\n"), f"an SSE frame must end with a blank line: {text!r}"
+    events: list[SSEEvent] = []
+    for block in text[:-2].split("\n\n"):
+        event: str | None = None
+        event_id: str | None = None
+        data: list[str] = []
+        comments: list[str] = []
+        for line in block.split("\n"):
+            field, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            if field == "":
+                comments.append(value)
+            elif field == "event":
+                event = value
+            elif field == "id":
+                event_id = value
+            elif field == "data":
+                data.append(value)
+            else:
+                raise AssertionError(f"unexpected SSE line {line!r} in {text!r}")
+        events.append(SSEEvent(event, event_id, tuple(data), tuple(comments)))
+    return events
+
+
+async def next_frame(watcher: Watcher, within: float = WAIT) -> bytes:
+    """Wait until *watcher* has something to write, then take it."""
+    async with asyncio.timeout(within):
+        await watcher.wake.wait()
+    frame = watcher.take()
+    assert frame, "the watcher woke with nothing to write"
+    return frame
+
+
+async def next_signals(watcher: Watcher, within: float = WAIT) -> tuple[int, dict[str, Any]]:
+    """Wait for the next frame, which must be one patch-signals event; return (id, signals).
+
+    Asserts what every frame the broker writes must satisfy: the event name, an ``id:``
+    that is the revision, and that every key under ``_stream`` carries that revision.
+    """
+    events = parse_events(await next_frame(watcher, within))
+    assert len(events) == 1, events
+    (event,) = events
+    assert event.event == "datastar-patch-signals"
+    assert event.id is not None
+    assert event.id.isdigit(), event.id
+    revision = int(event.id)
+    signals = event.signals
+    assert set(signals) <= {"_stream", "_streamData"}, signals
+    assert signals["_stream"], signals
+    assert set(signals["_stream"].values()) == {revision}, signals
+    return revision, signals
+
+
+class RecordingTransport(InProcessTransport):
+    """The in-process transport, remembering every publish (to prove what was not sent)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.published: list[tuple[str, bytes]] = []
+
+    async def publish(self, subject: str, payload: bytes) -> None:
+        self.published.append((subject, payload))
+        await super().publish(subject, payload)
+
+
+class FakeClock:
+    """Stands in for the broker's wall clock so catch-up tests need no sleeping."""
+
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> float:
+        self.now += seconds
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    """Replace the broker's clock (``streamui.broker._now``) with a `FakeClock`."""
+    fake = FakeClock()
+    monkeypatch.setattr(streamui.broker, "_now", fake)
+    return fake
+
+
+@pytest.fixture
+def recording_transport() -> RecordingTransport:
+    return RecordingTransport()
+
+
+@pytest.fixture
+async def broker(recording_transport: RecordingTransport) -> AsyncIterator[Broker]:
+    """A started broker on a `RecordingTransport`; afterwards, no subscription may remain."""
+    started = Broker(recording_transport)
+    await started.start()
+    try:
+        yield started
+        # Every test leaves its watch blocks, so nothing may be held any more.
+        held = (started.subscription_count, recording_transport.subscription_count)
+    finally:
+        await started.close()
+    assert held == (0, 0), f"subscriptions leaked (broker, transport): {held}"
