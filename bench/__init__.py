@@ -1,0 +1,1 @@
+"""Benchmarks for streamui that compare side by side in one run (``python -m bench``)."""
