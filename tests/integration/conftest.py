@@ -5,7 +5,8 @@
 `Live` handle (base URL, plugin, an httpx client and stream helpers). The fixture
 tears everything down in order and checks, for every test, that:
 
-- the server never answered 500;
+- the server never answered 5xx (unless the test said it expects it, with
+  `Live.expect_status`);
 - nothing was logged at ERROR by uvicorn, Litestar or streamui (unless the test said
   it expects it, with `Live.expect_errors`);
 - once the client has gone, every stream ended and released its subscriptions.
@@ -136,6 +137,7 @@ class Live:
     client: httpx.AsyncClient
     statuses: list[int] = field(default_factory=list)
     expected_error_loggers: set[str] = field(default_factory=set)
+    expected_server_errors: set[int] = field(default_factory=set)
 
     @property
     def broker(self) -> Broker:
@@ -150,6 +152,10 @@ class Live:
     def expect_errors(self, logger_name: str) -> None:
         """Allow records at ERROR from *logger_name* (and its children) in this test."""
         self.expected_error_loggers.add(logger_name)
+
+    def expect_status(self, status: int) -> None:
+        """Allow the server to answer *status* (5xx) in this test."""
+        self.expected_server_errors.add(status)
 
     async def page(self, *scopes: str) -> str:
         """A page with one Watch per scope (repeats allowed), and Connect()."""
@@ -185,9 +191,11 @@ class Live:
             assert opening.id.isdigit(), opening
             yield OpenStream(response, reader, int(opening.id))
 
-    async def refused(self, url: str) -> httpx.Response:
+    async def refused(
+        self, url: str, *, headers: Mapping[str, str] | None = None
+    ) -> httpx.Response:
         """GET *url*, which must be answered with an error, not a stream."""
-        async with self.client.stream("GET", url) as response:
+        async with self.client.stream("GET", url, headers=headers) as response:
             assert response.status_code != 200, "the stream was opened, not refused"
             await response.aread()
             return response
@@ -258,7 +266,10 @@ async def running(**settings: Any) -> AsyncIterator[Live]:
     finally:
         for name in WATCHED_LOGGERS:
             logging.getLogger(name).removeHandler(handler)
-    assert 500 not in statuses, f"the server answered 500: {statuses}"
+    unexpected_statuses = [
+        status for status in statuses if status >= 500 and status not in live.expected_server_errors
+    ]
+    assert not unexpected_statuses, f"the server answered {unexpected_statuses}"
     unexpected = [
         record
         for record in handler.records
