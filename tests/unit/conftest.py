@@ -1,4 +1,4 @@
-"""Shared helpers for the unit tests: SSE frame parsing, waiting on a watcher, a fake clock.
+"""Shared helpers for the unit tests: scope strategies, SSE parsing, watcher waits, a fake clock.
 
 Import the helpers as ``from tests.unit.conftest import ...``; the fixtures are found by
 pytest on its own.
@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import string
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from hypothesis import assume
+from hypothesis import strategies as st
 
 import streamui.broker
-from streamui import Broker, InProcessTransport
+from streamui import MAX_SCOPE_LENGTH, Broker, InProcessTransport
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -23,6 +26,40 @@ if TYPE_CHECKING:
 
 WAIT = 10.0
 """Generous timeout (seconds) for anything a test waits on; tests never assert timings."""
+
+SEGMENT_ALPHABET = string.ascii_letters + string.digits + "_-"
+
+# -- strategies over the whole grammar ------------------------------------------------------
+
+# Words that stress the key encoding: the spellings of '*' and '>', escape letters, digits.
+_TRICKY_SEGMENTS = ["WILD", "REST", "wild", "_", "-", "__", "_u", "_w", "_r", "u", "h", "w"]
+_TRICKY_SEGMENTS += ["r", "0", "42", "0a", "a", "A", "a_b", "a-b", "WILD_", "_REST"]
+
+segments = st.one_of(
+    st.sampled_from(_TRICKY_SEGMENTS),
+    st.text(alphabet=SEGMENT_ALPHABET, min_size=1, max_size=24),
+    st.text(alphabet=SEGMENT_ALPHABET, min_size=100, max_size=MAX_SCOPE_LENGTH),
+)
+
+
+@st.composite
+def scopes(draw: st.DrawFn, *, wildcards: bool = True) -> str:
+    """Any valid scope; with *wildcards*, also patterns (``*`` segments, a final ``>``)."""
+    segment = st.one_of(segments, st.just("*")) if wildcards else segments
+    rest = wildcards and draw(st.booleans())
+    parts = draw(st.lists(segment, min_size=0 if rest else 1, max_size=12))
+    # Drop trailing segments until the scope fits; keeps long scopes near the limit.
+    while parts and len(":".join([*parts, ">"] if rest else parts)) > MAX_SCOPE_LENGTH:
+        parts.pop()
+    if rest:
+        parts.append(">")
+    assume(parts)
+    value = ":".join(parts)
+    assert len(value) <= MAX_SCOPE_LENGTH
+    return value
+
+
+concrete_scopes = scopes(wildcards=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,41 +29,10 @@ from streamui import (
     validate_scope,
 )
 from streamui.transports import SubjectTrie
+from tests.unit.conftest import SEGMENT_ALPHABET, concrete_scopes, scopes, segments
 
-SEGMENT_ALPHABET = string.ascii_letters + string.digits + "_-"
 KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
-# -- strategies over the whole grammar ------------------------------------------------------
-
-# Words that stress the key encoding: the spellings of '*' and '>', escape letters, digits.
-_TRICKY_SEGMENTS = ["WILD", "REST", "wild", "_", "-", "__", "_u", "_w", "_r", "u", "h", "w"]
-_TRICKY_SEGMENTS += ["r", "0", "42", "0a", "a", "A", "a_b", "a-b", "WILD_", "_REST"]
-
-segments = st.one_of(
-    st.sampled_from(_TRICKY_SEGMENTS),
-    st.text(alphabet=SEGMENT_ALPHABET, min_size=1, max_size=24),
-    st.text(alphabet=SEGMENT_ALPHABET, min_size=100, max_size=MAX_SCOPE_LENGTH),
-)
-
-
-@st.composite
-def scopes(draw: st.DrawFn, *, wildcards: bool = True) -> str:
-    """Any valid scope; with *wildcards*, also patterns (``*`` segments, a final ``>``)."""
-    segment = st.one_of(segments, st.just("*")) if wildcards else segments
-    rest = wildcards and draw(st.booleans())
-    parts = draw(st.lists(segment, min_size=0 if rest else 1, max_size=12))
-    # Drop trailing segments until the scope fits; keeps long scopes near the limit.
-    while parts and len(":".join([*parts, ">"] if rest else parts)) > MAX_SCOPE_LENGTH:
-        parts.pop()
-    if rest:
-        parts.append(">")
-    assume(parts)
-    value = ":".join(parts)
-    assert len(value) <= MAX_SCOPE_LENGTH
-    return value
-
-
-concrete_scopes = scopes(wildcards=False)
 prefixes = st.lists(
     st.text(alphabet=SEGMENT_ALPHABET, min_size=1, max_size=10), min_size=1, max_size=4
 ).map(".".join)
