@@ -1,0 +1,30 @@
+"""Serve the showcase: ``python -m examples.showcase`` from the repository root.
+
+Environment: ``HOST`` (default 127.0.0.1), ``PORT`` (default 8000),
+``STREAMUI_SECRET`` (the stream token secret; default: random, so after a restart open
+tabs must be reloaded) and ``STREAMUI_DATASTAR_JS`` (a local datastar.js to serve
+instead of loading Datastar from its CDN).
+"""
+
+import os
+import sys
+
+import uvicorn
+
+from examples.showcase.app import create_app
+
+
+def main() -> None:
+    host = os.environ.get("HOST", "127.0.0.1")
+    port_text = os.environ.get("PORT", "8000")
+    try:
+        port = int(port_text)
+    except ValueError:
+        sys.exit(f"PORT must be a number, got {port_text!r}")
+    app = create_app(secret=os.environ.get("STREAMUI_SECRET") or None)
+    print(f"streamui showcase: http://{host}:{port} (open it in two windows)", flush=True)
+    uvicorn.run(app, host=host, port=port)
+
+
+if __name__ == "__main__":
+    main()
