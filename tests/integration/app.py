@@ -4,17 +4,22 @@
   to get two watchers of one scope) followed by `Connect()`.
 - ``GET /fragment?scope=c`` renders `Watch` elements followed by `JoinStream()`, like
   rows loaded by "load more".
+- ``GET /page/streamed?scope=…&mode=sync|async`` is the same page, streamed by Litestar
+  from htpy's ``iter_chunks`` (run chunk by chunk in worker threads) or
+  ``aiter_chunks`` (with an awaitable child, rendered on the event loop).
 - ``GET /component/{index}`` is what the watchers re-fetch.
 - ``POST /invalidate?scope=a`` invalidates through the ``broker`` dependency, as an
   application's own handler would.
 """
 
-from typing import Annotated
+import asyncio
+from typing import Annotated, Literal
 
-from htpy import Element, body, div, h1, head, html, p, title
+from htpy import Element, Node, body, div, h1, head, html, p, title
 from litestar import Litestar, MediaType, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, QueryParameter
+from litestar.response import Stream
 
 from streamui import Broker, Connect, JoinStream, Watch, datastar_script
 from streamui.litestar import StreamConfig, StreamPlugin
@@ -33,17 +38,31 @@ def _watchers(scopes: list[str], first: int) -> list[Element]:
     ]
 
 
+def _page(scopes: list[str], *, extra: Node = None) -> Element:
+    return html[
+        head[title["streamui integration"], datastar_script()],
+        body[h1["page"], _watchers(scopes, first=0), extra, Connect()],
+    ]
+
+
+async def _footer() -> Element:
+    await asyncio.sleep(0)  # suspend mid-render, as a real data fetch would
+    return p["rendered asynchronously"]
+
+
 def make_app(config: StreamConfig) -> tuple[Litestar, StreamPlugin]:
     """A new app serving streams with *config*, and its plugin (which owns the broker)."""
     plugin = StreamPlugin(config)
 
     @get("/page", media_type=MediaType.HTML)
     async def page(scopes: Scopes) -> str:
-        document = html[
-            head[title["streamui integration"], datastar_script()],
-            body[h1["page"], _watchers(scopes, first=0), Connect()],
-        ]
-        return str(document)
+        return str(_page(scopes))
+
+    @get("/page/streamed", media_type=MediaType.HTML)
+    async def streamed_page(scopes: Scopes, mode: FromQuery[Literal["sync", "async"]]) -> Stream:
+        if mode == "sync":
+            return Stream(_page(scopes).iter_chunks(), media_type=MediaType.HTML)
+        return Stream(_page(scopes, extra=_footer()).aiter_chunks(), media_type=MediaType.HTML)
 
     @get("/fragment", media_type=MediaType.HTML)
     async def fragment(scopes: Scopes, first: FromQuery[int] = 1000) -> str:
@@ -60,7 +79,7 @@ def make_app(config: StreamConfig) -> tuple[Litestar, StreamPlugin]:
         await broker.invalidate(scope_name)
 
     app = Litestar(
-        route_handlers=[page, fragment, component, invalidate],
+        route_handlers=[page, streamed_page, fragment, component, invalidate],
         plugins=[plugin],
         debug=False,
     )
