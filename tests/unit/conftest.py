@@ -62,6 +62,18 @@ def scopes(draw: st.DrawFn, *, wildcards: bool = True) -> str:
 concrete_scopes = scopes(wildcards=False)
 
 
+def nats_matches(pattern: list[str], subject: list[str]) -> bool:
+    """Reference NATS semantics over tokens: ``*`` is one token, ``>`` one or more."""
+    if not pattern:
+        return not subject
+    head, *rest = pattern
+    if head == ">":
+        return bool(subject)
+    if not subject:
+        return False
+    return (head in ("*", subject[0])) and nats_matches(rest, subject[1:])
+
+
 @dataclass(frozen=True, slots=True)
 class SSEEvent:
     """One SSE frame as the browser's parser sees it."""

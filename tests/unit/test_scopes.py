@@ -29,7 +29,13 @@ from streamui import (
     validate_scope,
 )
 from streamui.transports import SubjectTrie
-from tests.unit.conftest import SEGMENT_ALPHABET, concrete_scopes, scopes, segments
+from tests.unit.conftest import (
+    SEGMENT_ALPHABET,
+    concrete_scopes,
+    nats_matches,
+    scopes,
+    segments,
+)
 
 KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -50,18 +56,6 @@ def reference_is_scope(value: str, *, allow_wildcards: bool) -> bool:
         elif not part or any(char not in SEGMENT_ALPHABET for char in part):
             return False
     return True
-
-
-def nats_matches(pattern: list[str], subject: list[str]) -> bool:
-    """Reference NATS semantics over tokens: ``*`` is one token, ``>`` one or more."""
-    if not pattern:
-        return not subject
-    head, *rest = pattern
-    if head == ">":
-        return bool(subject)
-    if not subject:
-        return False
-    return (head in ("*", subject[0])) and nats_matches(rest, subject[1:])
 
 
 # -- keys: the Go package's spellings, round trip, injectivity ------------------------------
