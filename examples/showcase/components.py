@@ -46,6 +46,7 @@ from htpy import (
     input,
     label,
     li,
+    link,
     main,
     meta,
     p,
@@ -102,21 +103,16 @@ def invoice_count_card(store: Store) -> Element:
     )[
         card_title("Invoices", INVOICES),
         p(".big-number")[str(totals.count)],
-        p[
-            f"{totals.count} invoices · {totals.unpaid} unpaid · ",
-            strong[money(totals.outstanding_cents)],
-            " outstanding",
-        ],
+        p[f"{totals.unpaid} unpaid · ", strong[money(totals.outstanding_cents)], " outstanding"],
         p(".hint")["Same scope as the invoice list: one invalidation, two components reload."],
     ]
 
 
 def clock_card(store: Store) -> Element:
-    last = store.last_tick
     return Watch(CLOCK, "/fragments/clock", tag="section", id="clock", class_="card")[
         card_title("Server clock", CLOCK),
-        p(".big-number")[clock_time(last) if last else "--:--:--"],
-        p[f"Tick #{store.ticks}" if store.ticks else "Waiting for the first tick…"],
+        p(".big-number")[clock_time(store.last_tick or store.started_at)],
+        p[f"Tick #{store.ticks}" if store.ticks else "Started; waiting for the first tick…"],
         p(".hint")["A background task on the server invalidates this scope periodically."],
     ]
 
@@ -275,7 +271,7 @@ def invoice_detail(invoice: Invoice) -> Element:
         id="invoice-detail",
         class_="card",
     )[
-        card_title(f"Invoice #{invoice.id}", invoice_scope(invoice.id)),
+        card_title("Details", invoice_scope(invoice.id)),
         dl[
             dt["Customer"],
             dd[invoice.customer],
@@ -375,6 +371,7 @@ def page(heading: str, datastar_src: str | None, *content: Node) -> Element:
             meta(charset="utf-8"),
             meta(name="viewport", content="width=device-width, initial-scale=1"),
             title[f"{heading} · streamui showcase"],
+            link(rel="icon", href="data:,"),  # no favicon request
             style[stylesheet()],
             datastar_script(datastar_src),
         ],
