@@ -15,6 +15,7 @@ import html
 import json
 import re
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -49,6 +50,7 @@ def connect_signals(page: str) -> dict[str, Any]:
 
 
 async def test_stream_opens_with_datastar_headers_and_an_id_only_frame(live: Live) -> None:
+    before = time.time()
     page = await live.page("invoice:42")
     assert stream_path(page) == "/streamui/stream"
 
@@ -58,7 +60,9 @@ async def test_stream_opens_with_datastar_headers_and_an_id_only_frame(live: Liv
         assert headers["cache-control"] == "no-cache"
         assert headers["x-accel-buffering"] == "no"
         assert "content-length" not in headers
-        assert stream.opening_id > 0
+        # Revisions are seeded from the wall clock (ms), so they exceed what another or
+        # an earlier process handed out.
+        assert stream.opening_id >= int(before * 1000)
 
         await live.broker.invalidate("invoice:42")
         push = await stream.next_push()
@@ -157,6 +161,13 @@ async def test_exact_scope_gets_every_invalidation_with_a_growing_revision(live:
             id="star-and-rest",
         ),
         pytest.param(">", "REST", ["anything", "any:thing:at:all"], [], id="everything"),
+        pytest.param(
+            "user-1:x_y",
+            "_user_h1__x_uy",
+            ["user-1:x_y"],
+            ["user-1:x", "user:1:x_y", "user-1:x_y:z", "user_1:x_y"],
+            id="escaped-key",
+        ),
     ],
 )
 async def test_scope_matching(
@@ -275,6 +286,27 @@ async def test_data_arrives_under_stream_data(live: Live, data: object) -> None:
         await live.broker.invalidate("invoice:42")
         push = await stream.next_push()
         assert push.signals == {"_stream": {"invoice_42": push.revision}}
+
+
+async def test_overlapping_patterns_of_one_stream_all_get_the_change(live: Live) -> None:
+    page = await live.page("invoice:42", "invoice:*", "invoice:>", PROBE)
+    keys = {"invoice_42", "invoice_WILD", "invoice_REST"}
+    probe_key = scope_key(PROBE)
+
+    async with live.stream(url_from(page)) as stream:
+        await live.broker.invalidate("invoice:42", data={"total": 7})
+        await live.broker.invalidate(PROBE)
+        pushes = await stream.pushes_through(probe_key)
+        assert set().union(*(push.keys for push in pushes)) == keys | {probe_key}
+        data: dict[str, Any] = {}
+        for push in pushes:
+            data.update(push.data)
+        assert data == {key: {"total": 7} for key in keys}
+
+        await live.broker.invalidate("invoice:7:lines")
+        await live.broker.invalidate(PROBE)
+        pushes = await stream.pushes_through(probe_key)
+        assert set().union(*(push.keys for push in pushes)) == {"invoice_REST", probe_key}
 
 
 # -- more than one token ----------------------------------------------------------------
@@ -405,6 +437,24 @@ async def test_first_connect_catches_up_on_changes_since_the_render(live: Live) 
         }
 
         # other:1 was not invalidated, so it was not pushed: the next push is this one.
+        await live.broker.invalidate("other:1")
+        push = await stream.next_push()
+        assert push.signals == {"_stream": {"other_1": push.revision}}
+
+
+async def test_first_connect_with_several_tokens_catches_up(live: Live) -> None:
+    page = await live.page("invoice:42", "other:1")
+    fragment = await live.fragment("rows:*")
+
+    await live.broker.invalidate("invoice:42")
+    await live.broker.invalidate("rows:9")
+
+    async with live.stream(url_from(page, fragment)) as stream:
+        push = await stream.next_push()
+        assert push.signals == {
+            "_stream": {"invoice_42": push.revision, "rows_WILD": push.revision}
+        }
+
         await live.broker.invalidate("other:1")
         push = await stream.next_push()
         assert push.signals == {"_stream": {"other_1": push.revision}}
