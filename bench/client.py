@@ -87,6 +87,7 @@ class _Stream(asyncio.Protocol):
         "_head",
         "_request",
         "_text",
+        "closed",
         "events",
         "opened",
         "transport",
@@ -100,11 +101,15 @@ class _Stream(asyncio.Protocol):
         self._text = b""
         self.transport: asyncio.Transport | None = None
         self.opened = False
+        self.closed = False
         self.events = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = cast("asyncio.Transport", transport)
+        if self._client._closing:  # connected after the client gave up
+            self.transport.close()
+            return
         self.transport.write(self._request)
 
     def data_received(self, data: bytes) -> None:
@@ -128,7 +133,7 @@ class _Stream(asyncio.Protocol):
             self._head = None
             status, _, fields = head[:end].partition(b"\r\n")
             if not status.startswith(b"HTTP/1.1 200"):
-                raise BenchError(f"the stream request was answered {head[: end + 4][:300]!r}")
+                raise BenchError(f"the stream request was answered {head[:500]!r}")
             if b"transfer-encoding: chunked" in fields.lower():
                 self._decoder = _ChunkedDecoder()
             data = head[end + 4 :]
@@ -147,6 +152,7 @@ class _Stream(asyncio.Protocol):
                 self._client._opened()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
         self._client._lost(exc)
 
 
@@ -180,8 +186,11 @@ class FanOutClient:
         self._pending = 0
         self._latencies: list[float] = []
         self._round_done: asyncio.Future[None] = self._loop.create_future()
+        self._round_done.set_result(None)  # no round in progress
         self._error: BenchError | None = None
         self._closing = False
+        self._to_close = 0
+        self._all_closed: asyncio.Future[None] = self._loop.create_future()
 
     async def __aenter__(self) -> Self:
         return self
@@ -192,7 +201,7 @@ class FanOutClient:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        self.close()
+        await self.close()
 
     # -- driving -----------------------------------------------------------------------
 
@@ -229,31 +238,49 @@ class FanOutClient:
         self._pending = self.count
         self._latencies = []
         self._round_done = self._loop.create_future()
+        answered = False
         self._t0 = time.perf_counter()
         writer.write(self._fire_request)
         try:
             async with asyncio.timeout(timeout):
                 await _read_response(reader)
+                answered = True
                 await self._round_done
         except TimeoutError:
+            fire = "" if answered else " (and POST /fire got no answer)"
             raise BenchError(
                 f"round {self._round}: {self._pending} of {self.count} streams got no event "
-                f"within {timeout:g} s"
+                f"within {timeout:g} s{fire}"
             ) from None
         except (OSError, asyncio.IncompleteReadError) as error:
             raise BenchError(f"round {self._round}: the fire connection failed: {error}") from None
         return self._latencies
 
-    def close(self) -> None:
+    async def close(self, timeout: float = 5.0) -> None:  # noqa: ASYNC109 - best effort
+        """Close every connection and wait (up to *timeout*) until the sockets are closed,
+        so the server sees the disconnects before anything else happens to it."""
         self._closing = True
-        for stream in self._streams:
-            if stream.transport is not None:
-                stream.transport.close()
-        if self._fire is not None:
-            self._fire[1].close()
         for future in (self._all_open, self._round_done):
             if not future.done():
                 future.cancel()
+        if self._fire is not None:
+            self._fire[1].close()
+        open_streams = [
+            stream for stream in self._streams if stream.transport is not None and not stream.closed
+        ]
+        self._to_close = len(open_streams)
+        for stream in open_streams:
+            assert stream.transport is not None
+            stream.transport.close()
+        if not open_streams:
+            return
+        try:
+            async with asyncio.timeout(timeout):
+                await self._all_closed
+        except TimeoutError:
+            for stream in open_streams:
+                if not stream.closed and stream.transport is not None:
+                    stream.transport.abort()
 
     # -- callbacks from the streams (hot path) -----------------------------------------
 
@@ -278,7 +305,11 @@ class FanOutClient:
             self._round_done.set_result(None)
 
     def _lost(self, exc: Exception | None) -> None:
-        if not self._closing:
+        if self._closing:
+            self._to_close -= 1
+            if self._to_close == 0 and not self._all_closed.done():
+                self._all_closed.set_result(None)
+        else:
             reason = f": {exc}" if exc else ""
             self._fail(BenchError(f"the server closed a stream{reason}"))
 

@@ -135,7 +135,7 @@ class ServerProcess:
             except OSError:
                 if time.monotonic() > deadline:
                     raise BenchError(
-                        f"{self.name}: the server did not listen on {self.host}:{self.port} "
+                        f"the server did not listen on {self.host}:{self.port} "
                         f"within {timeout:g} s{self._log_tail()}"
                     ) from None
                 await asyncio.sleep(0.05)
@@ -145,7 +145,7 @@ class ServerProcess:
 
     def _require_running(self) -> None:
         if self._process is not None and (code := self._process.poll()) is not None:
-            raise BenchError(f"{self.name}: the server exited with code {code}{self._log_tail()}")
+            raise BenchError(f"the server exited with code {code}{self._log_tail()}")
 
     def _log_tail(self) -> str:
         try:
@@ -186,7 +186,7 @@ class ServerProcess:
         for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
-        raise BenchError(f"{self.name}: no VmRSS in /proc/{self.pid}/status")
+        raise BenchError(f"no VmRSS in /proc/{self.pid}/status")
 
     def stop(self) -> None:
         """Terminate the server (SIGKILL after a grace period); idempotent."""
