@@ -51,6 +51,12 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--streams", type=_positive, default=2000, help="SSE streams (2000)")
     parser.add_argument("--rounds", type=_positive, default=20, help="timed rounds (20)")
     parser.add_argument(
+        "--repeat",
+        type=_positive,
+        default=1,
+        help="run the whole sequence this many times and pool each server's runs (1)",
+    )
+    parser.add_argument(
         "--servers",
         type=_servers,
         default=list(SERVER_NAMES),
@@ -95,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         raise_open_file_limit(arguments.streams + 256)
         if client_cpus is not None:
             os.sched_setaffinity(0, client_cpus)
-        results = uvloop.run(measure_all(arguments.servers, settings))
+        results = uvloop.run(measure_all(arguments.servers, settings, repeat=arguments.repeat))
     except BenchError as error:
         print(f"python -m bench: {error}", file=sys.stderr)
         return 1

@@ -33,13 +33,14 @@ def markdown_report(results: Sequence[Result], *, pinned: bool) -> str:
     versions = ", ".join(
         f"{package} {version(package)}" for package in ("uvicorn", "uvloop", "litestar")
     )
+    runs = f", {first.runs} interleaved runs pooled" if first.runs > 1 else ""
     placement = "server pinned to one CPU, client on the others" if pinned else "not pinned"
     lines = [
-        f"### Fan-out: {first.streams} streams x {first.rounds} rounds",
+        f"### Fan-out: {first.streams} streams x {first.rounds} rounds{runs}",
         "",
         f"{time.strftime('%Y-%m-%d %H:%M')}, {_cpu_model()}, {os.cpu_count()} CPUs, "
         f"Python {platform.python_version()}, {versions}; {placement}. "
-        "CPU = server user+system time over the timed rounds / deliveries; "
+        "CPU = server CPU time (user+system, all threads) over the timed rounds / deliveries; "
         "latency = fire to arrival at the client, over every stream and round; "
         "memory = server RSS growth from opening the streams / streams.",
         "",

@@ -91,6 +91,8 @@ class Settings:
 
 @dataclass(frozen=True, slots=True)
 class Result:
+    """What one or more runs of one server measured (totals over the runs)."""
+
     name: str
     streams: int
     rounds: int
@@ -98,14 +100,29 @@ class Result:
     rss_growth_kb: int
     latencies: tuple[float, ...]
     """Seconds from fire to arrival, one per stream and timed round."""
+    runs: int = 1
+
+    @classmethod
+    def combine(cls, results: Sequence[Result]) -> Result:
+        """Pool the runs of one server (same streams and rounds)."""
+        first = results[0]
+        return cls(
+            name=first.name,
+            streams=first.streams,
+            rounds=first.rounds,
+            cpu_seconds=sum(result.cpu_seconds for result in results),
+            rss_growth_kb=sum(result.rss_growth_kb for result in results),
+            latencies=tuple(value for result in results for value in result.latencies),
+            runs=sum(result.runs for result in results),
+        )
 
     @property
     def cpu_us_per_delivery(self) -> float:
-        return self.cpu_seconds / (self.streams * self.rounds) * 1e6
+        return self.cpu_seconds / (self.streams * self.rounds * self.runs) * 1e6
 
     @property
     def kb_per_stream(self) -> float:
-        return self.rss_growth_kb / self.streams
+        return self.rss_growth_kb / (self.streams * self.runs)
 
     def latency_ms(self, fraction: float) -> float:
         """The nearest-rank percentile (*fraction* of 1) of the latencies, in ms."""
@@ -171,7 +188,15 @@ async def _measure(spec: ServerSpec, settings: Settings) -> Result:
     )
 
 
-async def measure_all(names: Sequence[str], settings: Settings) -> list[Result]:
-    """Measure the named servers one after another, each in a fresh process."""
+async def measure_all(names: Sequence[str], settings: Settings, *, repeat: int = 1) -> list[Result]:
+    """Measure the named servers one after another, each in a fresh process.
+
+    With *repeat* > 1 the whole sequence runs that many times (interleaved, so slow
+    phases of a noisy machine spread over every server) and each server's runs are pooled.
+    """
     specs = server_specs()
-    return [await measure(specs[name], settings) for name in names]
+    runs: dict[str, list[Result]] = {name: [] for name in names}
+    for _ in range(repeat):
+        for name in names:
+            runs[name].append(await measure(specs[name], settings))
+    return [Result.combine(results) for results in runs.values()]
