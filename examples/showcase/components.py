@@ -155,6 +155,13 @@ def invoices_card(store: Store) -> Element:
 
 
 def newest_invoices(store: Store, anchor: int) -> Element:
+    """Every invoice from *anchor* up, reloaded as a whole on ``invoices:all``.
+
+    Its rows do not watch ``invoice:<id>`` themselves: this component reloads on every
+    new invoice, and a `JoinStream` in it would add a token to the tab on every reload
+    (streamui does not merge tokens, and a stream takes at most 16). Paying invalidates
+    ``invoices:all`` too, so these rows are fresh all the same.
+    """
     rows = store.since(anchor)
     return Watch(INVOICES, f"/fragments/invoices?since={anchor}", id="newest-invoices")[
         (invoice_row(invoice) for invoice in rows) if rows else p(".hint")["No invoices yet."]
@@ -178,10 +185,12 @@ def older_invoices_page(store: Store, before: int) -> Element:
     the tab's stream.
     """
     rows = store.older(before, PAGE_SIZE)
+    if not rows:
+        return older_invoices(store, before)
     return div(id=f"invoices-before-{before}", class_="more")[
         (live_invoice_row(invoice) for invoice in rows),
         JoinStream(),
-        older_invoices(store, rows[-1].id) if rows else None,
+        older_invoices(store, rows[-1].id),
     ]
 
 

@@ -362,6 +362,10 @@ async def test_load_more_rows_join_the_stream_and_reload_by_themselves(start: St
     assert scopes_of(stream_tokens(last)[0]) == ("invoice:2", "invoice:1")
     assert "That is all of them." in last
     assert actions(last, "get") == []
+    # Asking past the oldest invoice answers with the placeholder, and no token.
+    nothing = await showcase.html("/fragments/invoices/older?before=1")
+    assert root_id(nothing) == "invoices-before-1"
+    assert stream_tokens(nothing) == []
 
 
 async def test_the_clock_is_pushed_by_a_background_task(start: Start) -> None:
