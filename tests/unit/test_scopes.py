@@ -423,6 +423,22 @@ def test_the_subject_trie_agrees_with_nats_semantics(
     assert bool(trie) == bool(live)
 
 
+def test_the_subject_trie_removes_one_value_and_prunes() -> None:
+    trie = SubjectTrie()
+    first, second, third = object(), object(), object()
+    for value in (first, second, third):
+        trie.add("p.a.*", value)
+    trie.remove("p.a.*", second)
+    assert trie.match("p.a.1") == [first, third]
+    trie.remove("p.a.*", second)  # not there any more: nothing else goes
+    trie.remove("p.b.*", first)  # never added
+    assert trie.match("p.a.1") == [first, third]
+    trie.remove("p.a.*", first)
+    trie.remove("p.a.*", third)
+    assert trie.match("p.a.1") == []
+    assert not trie
+
+
 @settings(deadline=None)
 @given(
     st.lists(small_patterns() | small_concrete, min_size=1, max_size=8),

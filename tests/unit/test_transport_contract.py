@@ -192,6 +192,17 @@ async def test_unsubscribe_stops_delivery_and_is_idempotent(bus: Bus) -> None:
     assert kept.messages == [(subject, b"1"), (subject, b"2")]
 
 
+async def test_unsubscribe_removes_exactly_its_own_subscription(bus: Bus) -> None:
+    subject = bus.subject("invoice", "42")
+    subscribed = [await bus.subscribe(subject) for _ in range(3)]
+    await subscribed[1][1].unsubscribe()
+    await bus.publish(subject, b"x")
+    await subscribed[0][0].wait_for(1)
+    await subscribed[2][0].wait_for(1)
+    await bus.barrier()
+    assert [inbox.messages for inbox, _ in subscribed] == [[(subject, b"x")], [], [(subject, b"x")]]
+
+
 async def test_unsubscribing_a_wildcard_keeps_the_others(bus: Bus) -> None:
     star, star_subscription = await bus.subscribe(bus.subject("a", "*"))
     rest, rest_subscription = await bus.subscribe(bus.subject("a", ">"))
