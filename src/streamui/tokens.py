@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from streamui.errors import ConfigurationError, InvalidTokenError
+from streamui.errors import ConfigurationError, InvalidScopeError, InvalidTokenError
 from streamui.scopes import validate_scope
 
 if TYPE_CHECKING:
@@ -81,6 +81,8 @@ class TokenSigner:
     def sign(self, scopes: Sequence[str], *, issued_at: float | None = None) -> str:
         """A token for *scopes* (validated), rendered at *issued_at* (default: now)."""
         checked = [validate_scope(value) for value in scopes]
+        if not checked:
+            raise InvalidScopeError(f"a stream token needs at least one scope, got {scopes!r}")
         when = time.time() if issued_at is None else issued_at
         payload = json.dumps({"s": checked, "t": int(when * 1000)}, separators=(",", ":"))
         raw = payload.encode()
@@ -95,21 +97,43 @@ class TokenSigner:
         payload_text, dot, mac_text = token.partition(".")
         try:
             raw = _b64decode(payload_text)
-            mac = _b64decode(mac_text)
         except (binascii.Error, ValueError):
             raise InvalidTokenError("malformed stream token (not base64)") from None
-        if not dot or not hmac.compare_digest(mac, self._mac(raw)):
+        # Compare the canonical text of both parts, so no other spelling of a token
+        # (padding bits, ignored characters) verifies: one token, one string.
+        if (
+            not dot
+            or _b64encode(raw) != payload_text
+            or not hmac.compare_digest(mac_text.encode(), _b64encode(self._mac(raw)).encode())
+        ):
             raise InvalidTokenError(
                 "stream token signature does not match (tampered, or signed with another secret)"
             )
-        try:
-            body = json.loads(raw)
-            scopes = tuple(validate_scope(value) for value in body["s"])
-            issued_at = int(body["t"]) / 1000
-        except (ValueError, KeyError, TypeError) as error:
-            raise InvalidTokenError(f"malformed stream token payload: {error}") from None
+        scopes, issued_at = _parse_payload(raw)
         if self.max_age is not None and time.time() - issued_at > self.max_age:
             raise InvalidTokenError(
                 f"stream token expired (older than {self.max_age:g} s); reload the page"
             )
         return StreamToken(scopes, issued_at)
+
+
+def _parse_payload(raw: bytes) -> tuple[tuple[str, ...], float]:
+    """Scopes and issue time from a payload whose MAC has been checked."""
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError) as error:
+        raise InvalidTokenError(f"malformed stream token payload: {error}") from None
+    if not isinstance(body, dict):
+        raise InvalidTokenError("malformed stream token payload: not an object")
+    scopes, issued = body.get("s"), body.get("t")
+    if not isinstance(scopes, list) or not all(isinstance(value, str) for value in scopes):
+        raise InvalidTokenError("malformed stream token payload: 's' is not a list of scopes")
+    if not scopes:
+        raise InvalidTokenError("malformed stream token payload: it names no scope")
+    if isinstance(issued, bool) or not isinstance(issued, int) or not 0 <= issued < 2**53:
+        raise InvalidTokenError("malformed stream token payload: 't' is not a time in ms")
+    try:
+        checked = tuple(validate_scope(value) for value in scopes)
+    except ValueError as error:
+        raise InvalidTokenError(f"malformed stream token payload: {error}") from None
+    return checked, issued / 1000
