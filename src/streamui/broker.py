@@ -201,6 +201,15 @@ class Broker:
             await self.transport.close()
         self._loop = None
 
+    def end_streams(self) -> None:
+        """End every open stream cleanly, keeping the broker running.
+
+        Browsers reconnect (to this process or another). Used when the server starts
+        shutting down, so open streams do not hold the shutdown up.
+        """
+        for watcher in list(self._watchers):
+            watcher.close()
+
     async def __aenter__(self) -> Self:
         await self.start()
         return self

@@ -15,8 +15,11 @@ bad input.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
+import signal
+import threading
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -35,6 +38,8 @@ from streamui.stream import EventStream
 from streamui.tokens import TokenSigner
 
 if TYPE_CHECKING:
+    from types import FrameType
+
     from litestar import Litestar
     from litestar.config.app import AppConfig
     from litestar.types import ASGIApp, Receive, Scope, Send
@@ -71,6 +76,8 @@ class StreamConfig:
     token_max_age: float | None = None
     authorize: Authorize | None = None
     dependency_key: str = "broker"
+    end_streams_on_signal: bool = True
+    """End open streams as soon as the server gets SIGINT/SIGTERM (see the README)."""
 
     def __post_init__(self) -> None:
         if not self.path.startswith("/"):
@@ -101,7 +108,7 @@ class StreamController(Controller):
     async def stream(self, request: Request[Any, Any, Any]) -> ASGIApp:
         state: _State = request.app.state[_STATE_KEY]
         config = state.config
-        tokens = request.query_params.getall("t", [])
+        tokens = [token for token in request.query_params.getall("t", []) if token]
         if not tokens:
             raise ClientException("missing stream token: the URL needs ?t=<token> from Connect()")
         if len(tokens) > config.max_tokens:
@@ -169,16 +176,23 @@ class StreamPlugin(InitPlugin):
         app_config.signature_namespace.update(
             {"Broker": Broker, "StreamConfig": StreamConfig, "StreamPlugin": StreamPlugin}
         )
-        app_config.lifespan.append(self._lifespan)
+        # First, so the broker is up before the app's own lifespans and on_startup hooks
+        # (which may invalidate) and still up while they shut down.
+        app_config.lifespan.insert(0, self._lifespan)
         app_config.middleware.insert(0, self._middleware)
         return app_config
 
     @asynccontextmanager
     async def _lifespan(self, app: Litestar) -> AsyncGenerator[None, None]:
         await self.broker.start()
+        restore = (
+            _end_streams_on_exit_signals(self.broker) if self.config.end_streams_on_signal else None
+        )
         try:
             yield
         finally:
+            if restore is not None:
+                restore()
             await self.broker.close()
 
     def _middleware(self, app: ASGIApp) -> ASGIApp:
@@ -189,3 +203,37 @@ class StreamPlugin(InitPlugin):
                 await app(scope, receive, send)
 
         return with_endpoint
+
+
+def _end_streams_on_exit_signals(broker: Broker) -> Callable[[], None] | None:
+    """Chain a SIGINT/SIGTERM handler that ends every stream, then calls the server's.
+
+    ASGI servers finish open connections before they run the lifespan shutdown (where
+    the broker closes), and an SSE stream never finishes by itself: without this a
+    shutdown waits for the server's graceful timeout (uvicorn's default: forever).
+    Only the handlers installed by Python code are chained (uvicorn and hypercorn
+    install theirs with signal.signal); returns a function that restores them.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    loop = asyncio.get_running_loop()
+    previous: dict[signal.Signals, Callable[[int, FrameType | None], Any]] = {}
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        loop.call_soon_threadsafe(broker.end_streams)
+        chained = previous.get(signal.Signals(signum))
+        if chained is not None:
+            chained(signum, frame)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        current = signal.getsignal(sig)
+        if callable(current):
+            previous[sig] = current
+            signal.signal(sig, handler)
+
+    def restore() -> None:
+        for sig, original in previous.items():
+            if signal.getsignal(sig) is handler:
+                signal.signal(sig, original)
+
+    return restore

@@ -210,15 +210,3 @@ async def test_app_shutdown_with_an_open_stream_closes_the_broker() -> None:
     assert transport.subscription_count == 0
     with pytest.raises(BrokerStateError, match="the Broker is closed"):
         await plugin.broker.invalidate("invoice:42")
-
-
-@pytest.mark.xfail(
-    reason="BUG: the plugin closes the broker (ending the streams) in the lifespan shutdown, "
-    "which uvicorn runs only after open connections have finished: an open stream is cut "
-    "after timeout_graceful_shutdown (and shutdown hangs forever without that timeout)",
-    strict=True,
-    raises=AssertionError,
-)
-async def test_app_shutdown_ends_an_open_stream_cleanly() -> None:
-    outcome, _ = await shut_down_with_an_open_stream()
-    assert outcome == "clean"
