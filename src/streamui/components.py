@@ -12,9 +12,10 @@
   elements introduce new scopes: it adds their token to the tab's stream, which
   reconnects once with the union. `init_scope` does the same as a Datastar event.
 
-Registration is per rendering task (or thread), so pages rendered concurrently in one
-process never mix. Connect/JoinStream consume what was registered, so the next render
-in the same task starts empty.
+Registration is per rendering task (worker threads running in a copy of a task's
+context count as that task, so a page that Litestar streams chunk by chunk from its
+thread pool registers in one place), so pages rendered concurrently never mix.
+Connect/JoinStream consume what was registered, so the next render starts empty.
 
 How the browser side works: each Watch element holds ``data-signals__ifmissing`` with
 ``_stream.<key> = 0`` and a ``data-effect`` that reads every key on every run and calls
@@ -101,15 +102,20 @@ _endpoint: ContextVar[StreamEndpoint | None] = ContextVar("streamui_endpoint", d
 
 @contextlib.contextmanager
 def use_endpoint(endpoint: StreamEndpoint) -> Iterator[StreamEndpoint]:
-    """Render Connect/JoinStream/init_scope for *endpoint* within this block.
+    """Render one request's page for *endpoint* within this block.
 
-    The Litestar plugin does this for every request; call it yourself elsewhere.
+    Connect/JoinStream/init_scope sign for *endpoint*, and every Watch rendered in the
+    block registers with this request, whichever task or worker thread renders it (a
+    page streamed chunk by chunk from a thread pool included). The Litestar plugin
+    does this for every request; call it yourself with other frameworks.
     """
-    reset = _endpoint.set(endpoint)
+    reset_endpoint = _endpoint.set(endpoint)
+    reset_registry = _registry.set(_Registry(_owner()))
     try:
         yield endpoint
     finally:
-        _endpoint.reset(reset)
+        _registry.reset(reset_registry)
+        _endpoint.reset(reset_endpoint)
 
 
 def _current_endpoint(explicit: StreamEndpoint | None) -> StreamEndpoint:
@@ -126,11 +132,23 @@ def _current_endpoint(explicit: StreamEndpoint | None) -> StreamEndpoint:
 
 
 class _Registry:
+    """Scopes registered since the last Connect/JoinStream, by one task or thread.
+
+    A worker thread that runs with a copy of a task's context (Litestar and anyio run
+    sync code and sync iterators that way) renders for that task, so it adopts the
+    task's registry; another task (e.g. a child of asyncio.gather) starts its own.
+    """
+
     __slots__ = ("owner", "scopes")
 
     def __init__(self, owner: object) -> None:
         self.owner = owner
         self.scopes: dict[str, None] = {}
+
+    def serves(self, owner: object) -> bool:
+        return self.owner == owner or (
+            isinstance(owner, int) and isinstance(self.owner, asyncio.Task)
+        )
 
 
 _registry: ContextVar[_Registry | None] = ContextVar("streamui_registry", default=None)
@@ -149,7 +167,7 @@ def _register(scopes: Iterable[str]) -> None:
     registry = _registry.get()
     # A registry inherited from another task (e.g. the parent of asyncio.gather) belongs
     # to another render: start our own so concurrent pages never mix.
-    if registry is None or registry.owner != owner:
+    if registry is None or not registry.serves(owner):
         registry = _Registry(owner)
         _registry.set(registry)
     registry.scopes.update(dict.fromkeys(scopes))
@@ -157,7 +175,7 @@ def _register(scopes: Iterable[str]) -> None:
 
 def _consume() -> list[str]:
     registry = _registry.get()
-    if registry is None or registry.owner != _owner():
+    if registry is None or not registry.serves(_owner()):
         return []
     scopes = list(registry.scopes)
     registry.scopes.clear()
@@ -285,8 +303,11 @@ def Watch(
 
 def _token_signals(endpoint: StreamEndpoint, scopes: Sequence[str]) -> dict[str, Any]:
     token = endpoint.signer.sign(scopes)
-    name = "t" + hashlib.sha256(token.encode()).hexdigest()[:16]
-    return {**scope_signals(*scopes), TOKENS_NAMESPACE: {name: token}}
+    # Named after the scope set, not the token (which carries its signing time): with
+    # only-if-missing, rendering the same scopes again adds nothing, so the tab's token
+    # list (and its stream URL) does not grow when a fragment is reloaded.
+    digest = hashlib.sha256("\n".join(sorted(scopes)).encode()).hexdigest()[:16]
+    return {**scope_signals(*scopes), TOKENS_NAMESPACE: {"t" + digest: token}}
 
 
 class _LazyComponent:

@@ -81,22 +81,7 @@ async def test_stream_path_follows_the_config(start: Start) -> None:
         assert push.signals == {"_stream": {"invoice_42": push.revision}}
 
 
-@pytest.mark.parametrize(
-    "mode",
-    [
-        pytest.param(
-            "sync",
-            marks=pytest.mark.xfail(
-                reason="BUG: a page streamed from iter_chunks (Litestar runs each next() in "
-                "a worker thread, in a copy of the context) loses the Watch registrations, "
-                "so Connect() silently renders nothing",
-                strict=True,
-                raises=AssertionError,
-            ),
-        ),
-        "async",
-    ],
-)
+@pytest.mark.parametrize("mode", ["sync", "async"])
 async def test_streamed_page_connects(live: Live, mode: str) -> None:
     response = await live.client.get(
         "/page/streamed", params=[("scope", "invoice:42"), ("scope", "rows:*"), ("mode", mode)]
