@@ -604,6 +604,21 @@ async def test_close_ends_every_watcher_and_drops_every_subscription() -> None:
     assert counts(broker) == (0, 0)
 
 
+async def test_end_streams_closes_watchers_and_keeps_the_broker_running(broker: Broker) -> None:
+    async with broker.watch(["a:1"]) as first, broker.watch(["b:*"]) as second:
+        broker.end_streams()
+        assert first.closed
+        assert second.closed
+        assert second.wake.is_set()
+    assert counts(broker) == (0, 0)
+    # New streams (the browsers reconnecting) are served as before.
+    async with broker.watch(["a:1"]) as watcher:
+        assert not watcher.closed
+        await broker.invalidate("a:1")
+        revision, signals = await next_signals(watcher)
+    assert signals == {"_stream": {"a_1": revision}}
+
+
 async def test_heartbeats_are_comments_after_the_pending_event(broker: Broker) -> None:
     async with broker.watch(["a:1"]) as watcher:
         watcher.heartbeat()
