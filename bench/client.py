@@ -205,7 +205,7 @@ class FanOutClient:
 
     # -- driving -----------------------------------------------------------------------
 
-    async def open(self, timeout: float) -> None:  # noqa: ASYNC109 - named in the error
+    async def open(self, timeout: float) -> None:
         """Open every stream and wait until each has read its opening frame."""
         limit = asyncio.Semaphore(_CONNECT_CONCURRENCY)
 
@@ -228,7 +228,7 @@ class FanOutClient:
         except OSError as error:
             raise BenchError(f"could not connect to {self.host}:{self.port}: {error}") from None
 
-    async def round(self, timeout: float) -> list[float]:  # noqa: ASYNC109 - named in the error
+    async def round(self, timeout: float) -> list[float]:
         """Fire once; return each stream's latency (seconds from the fire to its event)."""
         if self._fire is None or not self._all_open.done():
             raise RuntimeError("open() the streams before the first round")
@@ -256,7 +256,7 @@ class FanOutClient:
             raise BenchError(f"round {self._round}: the fire connection failed: {error}") from None
         return self._latencies
 
-    async def close(self, timeout: float = 5.0) -> None:  # noqa: ASYNC109 - best effort
+    async def close(self, timeout: float = 5.0) -> None:
         """Close every connection and wait (up to *timeout*) until the sockets are closed,
         so the server sees the disconnects before anything else happens to it."""
         self._closing = True

@@ -125,7 +125,7 @@ class ServerProcess:
             raise RuntimeError("the server is not started")
         return self._process.pid
 
-    async def wait_ready(self, timeout: float) -> None:  # noqa: ASYNC109 - named in the error
+    async def wait_ready(self, timeout: float) -> None:
         """Wait until the server accepts connections; raise with its log if it died."""
         deadline = time.monotonic() + timeout
         while True:

@@ -8,14 +8,16 @@ import html
 import json
 import re
 import socket
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 import uvicorn
 
-from litestar.types import ASGIApp
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    import httpx
+    from litestar.types import ASGIApp
 
 WAIT = 10.0
 """Generous timeout (seconds) for anything a test waits on."""

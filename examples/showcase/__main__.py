@@ -1,8 +1,9 @@
 """Serve the showcase: ``python -m examples.showcase`` from the repository root.
 
 Environment: ``HOST`` (default 127.0.0.1), ``PORT`` (default 8000),
-``STREAMUI_SECRET`` (the stream token secret; default: a fixed secret for this demo,
-so open tabs reconnect after a restart — never use a fixed secret in production) and ``STREAMUI_DATASTAR_JS`` (a local datastar.js to serve
+``STREAMUI_SECRET`` (the stream token secret; default: a fixed secret for this
+demo, so open tabs reconnect after a restart; never use a fixed secret in
+production) and ``STREAMUI_DATASTAR_JS`` (a local datastar.js to serve
 instead of loading Datastar from its CDN).
 """
 
@@ -12,7 +13,6 @@ import sys
 import uvicorn
 
 from examples.showcase.app import create_app
-
 
 DEMO_SECRET = "streamui-showcase-demo-secret-not-for-production"
 

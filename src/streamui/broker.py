@@ -71,13 +71,15 @@ def _now() -> float:
 class _Pattern:
     """One upstream subscription and the watchers sharing it."""
 
-    __slots__ = ("covered_since", "key", "ready", "subscription", "watchers")
+    __slots__ = ("covered_since", "key", "subscribing", "subscription", "watchers")
 
     def __init__(self, key: str) -> None:
         self.key = key
         self.watchers: set[Watcher] = set()
         self.subscription: Subscription | None = None
-        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # The transport call runs in a task of its own, which every watcher awaits
+        # through a shield: cancelling one waiting stream never cancels the others.
+        self.subscribing: asyncio.Task[None] | None = None
         self.covered_since = float("inf")
 
 
@@ -195,6 +197,8 @@ class Broker:
             watcher.close()
         patterns, self._patterns = self._patterns, {}
         for entry in patterns.values():
+            if entry.subscribing is not None:
+                entry.subscribing.cancel()
             if entry.subscription is not None:
                 await entry.subscription.unsubscribe()
         if self._loop is not None:
@@ -313,11 +317,11 @@ class Broker:
                 entry = self._patterns.get(value)
                 if entry is None:
                     entry = self._patterns[value] = _Pattern(key)
-                    entry.watchers.add(watcher)
-                    await self._subscribe(value, entry)
-                else:
-                    entry.watchers.add(watcher)
-                    await asyncio.shield(entry.ready)
+                    entry.subscribing = asyncio.create_task(self._subscribe(value, entry))
+                    entry.subscribing.add_done_callback(_retrieve)
+                entry.watchers.add(watcher)
+                if entry.subscribing is not None:
+                    await asyncio.shield(entry.subscribing)
         except BaseException:
             await self._detach(watcher)
             raise
@@ -330,14 +334,13 @@ class Broker:
             entry.subscription = await self.transport.subscribe(
                 scope_subject(value, self.prefix), handler
             )
-        except BaseException as error:
+        except BaseException:
             if self._patterns.get(value) is entry:
                 del self._patterns[value]
-            entry.ready.set_exception(error)
-            entry.ready.exception()  # mark retrieved; waiters re-raise it
             raise
+        finally:
+            entry.subscribing = None
         entry.covered_since = _now()
-        entry.ready.set_result(None)
         if self._patterns.get(value) is not entry:  # everyone left while we subscribed
             await entry.subscription.unsubscribe()
 
@@ -469,6 +472,12 @@ def _canonical_payload(payload: bytes, subject: str) -> bytes:
     except ValueError:
         logger.warning("ignoring a payload on %r that is not JSON: %.80r", subject, payload)
         return b""
+
+
+def _retrieve(task: asyncio.Task[None]) -> None:
+    """Mark a subscribing task's error as seen: the watchers awaiting it re-raise it."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _log_failure(future: concurrent.futures.Future[None]) -> None:

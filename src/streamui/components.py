@@ -34,6 +34,8 @@ import contextlib
 import hashlib
 import json
 import threading
+import time
+from collections.abc import Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
@@ -47,7 +49,7 @@ from streamui.scopes import SIGNAL_NAMESPACE, scope_key, validate_scope
 from streamui.tokens import TokenSigner
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+    from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 
     from datastar_py.sse import DatastarEvent
     from htpy import Context
@@ -139,11 +141,15 @@ class _Registry:
     task's registry; another task (e.g. a child of asyncio.gather) starts its own.
     """
 
-    __slots__ = ("owner", "scopes")
+    __slots__ = ("owner", "scopes", "started_at")
 
     def __init__(self, owner: object) -> None:
         self.owner = owner
         self.scopes: dict[str, None] = {}
+        # When this render began (for a request: when the request began). Tokens carry
+        # it rather than the time Connect renders, at the end of the page: the stream
+        # then catches up on anything invalidated while the page was being rendered.
+        self.started_at = time.time()
 
     def serves(self, owner: object) -> bool:
         return self.owner == owner or (
@@ -173,13 +179,15 @@ def _register(scopes: Iterable[str]) -> None:
     registry.scopes.update(dict.fromkeys(scopes))
 
 
-def _consume() -> list[str]:
+def _consume() -> tuple[list[str], float]:
+    """The scopes registered by this render and when it began; starts the next render."""
     registry = _registry.get()
     if registry is None or not registry.serves(_owner()):
-        return []
-    scopes = list(registry.scopes)
+        return [], time.time()
+    scopes, started_at = list(registry.scopes), registry.started_at
     registry.scopes.clear()
-    return scopes
+    registry.started_at = time.time()
+    return scopes, started_at
 
 
 def _normalize(scopes: str | Iterable[str]) -> tuple[str, ...]:
@@ -227,7 +235,9 @@ def _signals_json(signals: Mapping[str, Any]) -> str:
 def watch_attrs(scopes: str | Sequence[str], url: str) -> dict[str, str]:
     """The Watch attributes as a dict, for a component's own root element.
 
-    Registers the scopes when called, so call it while rendering (inside the component).
+    Pass it positionally, ``div(watch_attrs(...), id="x")``: as keyword arguments htpy
+    would turn the ``__`` of Datastar's modifiers into ``--``. Registers the scopes when
+    called, so call it while rendering (inside the component).
     """
     values = _normalize(scopes)
     attrs = _watch_attributes(values, url)
@@ -243,9 +253,12 @@ def _watch_attributes(scopes: tuple[str, ...], url: str) -> dict[str, str]:
 
 
 class _WatchElement(Element):
-    """An htpy element that registers its scopes each time it is rendered."""
+    """An htpy element that registers its scopes each time it is rendered.
 
-    __slots__ = ("_scopes",)
+    Calling it with attributes (htpy's way to set them) keeps the watch attributes.
+    """
+
+    __slots__ = ("_scopes", "_watch")
 
     def __init__(
         self,
@@ -253,19 +266,28 @@ class _WatchElement(Element):
         attrs_str: str = "",
         children: Node = None,
         scopes: tuple[str, ...] = (),
+        watch: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(name, attrs_str, children)
         self._scopes = scopes
+        self._watch: Mapping[str, str] = watch or {}
+
+    def _adopt(self, element: _WatchElement) -> _WatchElement:
+        element._scopes = self._scopes
+        element._watch = self._watch
+        return element
 
     def __getitem__(self, children: Node) -> _WatchElement:
-        element = super().__getitem__(children)
-        element._scopes = self._scopes
-        return element
+        return self._adopt(super().__getitem__(children))
 
     def __call__(self, /, *args: Any, **kwargs: Attribute) -> _WatchElement:
-        element = super().__call__(*args, **kwargs)
-        element._scopes = self._scopes
-        return element
+        # htpy replaces all attributes on a call; put the watch attributes back first
+        # (after an "#id.class" shorthand, which must stay the first argument).
+        if args and not isinstance(args[0], Mapping):
+            args = (args[0], self._watch, *args[1:])
+        else:
+            args = (self._watch, *args)
+        return self._adopt(super().__call__(*args, **kwargs))
 
     def iter_chunks(self, context: Mapping[Context[Any], Any] | None = None) -> Iterator[str]:
         _register(self._scopes)
@@ -294,15 +316,16 @@ def Watch(
     values = _normalize(scopes)
     if not tag.isalnum() or not tag.islower():
         raise ValueError(f"invalid tag name {tag!r}")
-    base = _WatchElement(tag, scopes=values)
-    return base(_watch_attributes(values, url), **attrs)
+    return _WatchElement(tag, scopes=values, watch=_watch_attributes(values, url))(**attrs)
 
 
 # -- connecting the page to its stream ---------------------------------------------------
 
 
-def _token_signals(endpoint: StreamEndpoint, scopes: Sequence[str]) -> dict[str, Any]:
-    token = endpoint.signer.sign(scopes)
+def _token_signals(
+    endpoint: StreamEndpoint, scopes: Sequence[str], rendered_at: float | None = None
+) -> dict[str, Any]:
+    token = endpoint.signer.sign(scopes, issued_at=rendered_at)
     # Named after the scope set, not the token (which carries its signing time): with
     # only-if-missing, rendering the same scopes again adds nothing, so the tab's token
     # list (and its stream URL) does not grow when a fragment is reloaded.
@@ -345,7 +368,7 @@ def Connect(path: str | None = None, *, endpoint: StreamEndpoint | None = None) 
     """
 
     def render() -> Element | None:
-        scopes = _consume()
+        scopes, rendered_at = _consume()
         if not scopes:
             return None
         chosen = _current_endpoint(endpoint)
@@ -363,7 +386,9 @@ def Connect(path: str | None = None, *, endpoint: StreamEndpoint | None = None) 
         return div(
             {
                 "id": CONNECT_ID,
-                "data-signals__ifmissing": _signals_json(_token_signals(chosen, scopes)),
+                "data-signals__ifmissing": _signals_json(
+                    _token_signals(chosen, scopes, rendered_at)
+                ),
                 "data-effect": get,
             },
             hidden=True,
@@ -377,10 +402,10 @@ def JoinStream(*, tag: str = "div", endpoint: StreamEndpoint | None = None) -> _
     to the tab's stream. Renders nothing when the fragment registered no scope."""
 
     def render() -> Element | None:
-        scopes = _consume()
+        scopes, rendered_at = _consume()
         if not scopes:
             return None
-        signals = _token_signals(_current_endpoint(endpoint), scopes)
+        signals = _token_signals(_current_endpoint(endpoint), scopes, rendered_at)
         return Element(tag)({"data-signals__ifmissing": _signals_json(signals)}, hidden=True)
 
     return _LazyComponent(render)

@@ -239,7 +239,12 @@ def scope_from_subject(subject: str, prefix: str = DEFAULT_PREFIX) -> str:
     head = prefix + "."
     if not subject.startswith(head):
         raise InvalidScopeError(f"subject {subject!r} does not start with prefix {prefix!r}")
-    return validate_scope(subject[len(head) :].replace(".", ":"))
+    tail = subject[len(head) :]
+    if ":" in tail:
+        raise InvalidScopeError(
+            f"subject {subject!r} has a ':' inside a token; no scope maps to it"
+        )
+    return validate_scope(tail.replace(".", ":"))
 
 
 def scope_matches(pattern: str, concrete: str) -> bool:

@@ -59,7 +59,7 @@ async def test_exit_signal_ends_open_streams_and_the_server_exits(signum: int) -
                 process.send_signal(signum)
                 # The body completes (a clean end the browser answers by reconnecting)
                 # instead of hanging until the server gives up on it.
-                with pytest.raises(EOFError):
+                with pytest.raises(EOFError):  # noqa: PT012 - read frames until the end
                     while True:
                         await reader.next()
         async with asyncio.timeout(WAIT):

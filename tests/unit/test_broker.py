@@ -389,12 +389,6 @@ async def test_a_stream_cancelled_while_subscribing_leaks_nothing() -> None:
         assert counts(broker) == (0, 0)
 
 
-@pytest.mark.xfail(
-    reason="BUG: when the stream that is subscribing a pattern is cancelled, every other "
-    "stream waiting for the same subscription gets CancelledError although nobody "
-    "cancelled it (Broker._subscribe puts the CancelledError into the shared 'ready' future)",
-    strict=True,
-)
 async def test_cancelling_one_subscribing_stream_does_not_cancel_another() -> None:
     transport = GatedTransport()
     async with Broker(transport) as broker:

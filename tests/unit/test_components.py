@@ -291,11 +291,6 @@ def test_watch_takes_a_tag_and_attributes() -> None:
     assert "data-effect" in attrs
 
 
-@pytest.mark.xfail(
-    reason="BUG: calling a Watch element with attributes (htpy style) drops its "
-    "data-signals/data-effect but keeps registering its scopes: a silently dead watch",
-    strict=True,
-)
 def test_calling_a_watch_element_keeps_it_watching() -> None:
     element = Watch("a:1", "/x", id="w")
     try:
@@ -691,11 +686,6 @@ def test_a_fragment_without_connect_does_not_leak_into_the_next_page() -> None:
     assert connected(results[0]) == ("user:bob:inbox",)
 
 
-@pytest.mark.xfail(
-    reason="BUG: Connect signs the time at which Connect itself renders (the end of the "
-    "page), so an invalidation while the rest of the page renders is never caught up",
-    strict=True,
-)
 async def test_the_token_time_is_not_later_than_the_watched_content(
     render: Renderer, endpoint: StreamEndpoint, monkeypatch: pytest.MonkeyPatch
 ) -> None:

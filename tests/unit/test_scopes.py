@@ -324,11 +324,6 @@ def test_scope_from_subject_refuses_or_inverts(tail: str) -> None:
     assert scope_subject(value) == subject
 
 
-@pytest.mark.xfail(
-    reason="BUG: scope_from_subject maps a subject token containing ':' onto several "
-    "segments, so it is not the inverse of scope_subject",
-    strict=True,
-)
 def test_scope_from_subject_refuses_a_colon_inside_a_subject_token() -> None:
     # 'streamui.scope.invoice:42' is a two-token subject; no scope maps onto it.
     with pytest.raises(InvalidScopeError):
