@@ -86,7 +86,9 @@ class _Pattern:
 class Watcher:
     """The broker-side state of one stream: what changed since the last write.
 
-    The stream's writer waits on `wake`, then calls `take` for the bytes to write.
+    The stream's writer awaits `wait`, then calls `take` for the bytes to write. A
+    writer that is busy is never woken: changes made meanwhile simply join the next
+    `take` (that is the coalescing), so the fan-out costs one set insertion per stream.
     """
 
     __slots__ = (
@@ -96,10 +98,10 @@ class Watcher:
         "_heartbeat_due",
         "_pending",
         "_revision",
+        "_waiter",
         "closed",
         "keys",
         "scopes",
-        "wake",
     )
 
     def __init__(self, broker: Broker, scopes: tuple[str, ...]) -> None:
@@ -110,8 +112,15 @@ class Watcher:
         self._data: dict[str, bytes] = {}
         self._revision = 0
         self._heartbeat_due = False
+        self._waiter: asyncio.Future[None] | None = None
         self.closed = False
-        self.wake = asyncio.Event()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
 
     def mark(self, key: str, revision: int, payload: bytes) -> None:
         """Record that *key* changed; called by the broker's fan-out (hot path)."""
@@ -119,7 +128,8 @@ class Watcher:
         if payload:
             self._data[key] = payload
         self._revision = max(self._revision, revision)
-        self.wake.set()
+        if self._waiter is not None:
+            self._wake()
 
     def mark_all(self) -> None:
         """Push every scope once (resume after a disconnect, or a reconnect upstream)."""
@@ -129,12 +139,23 @@ class Watcher:
 
     def heartbeat(self) -> None:
         self._heartbeat_due = True
-        self.wake.set()
+        self._wake()
 
     def close(self) -> None:
         """End the stream: its writer wakes, sees `closed` and returns."""
         self.closed = True
-        self.wake.set()
+        self._wake()
+
+    @property
+    def ready(self) -> bool:
+        """True when `wait` would return at once (something to write, or closed)."""
+        return bool(self._pending) or self._heartbeat_due or self.closed
+
+    async def wait(self) -> None:
+        """Return when there is something to `take`, or the stream is closed."""
+        if not self.ready:
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
 
     @property
     def revision(self) -> int:
@@ -142,7 +163,6 @@ class Watcher:
 
     def take(self) -> bytes:
         """The bytes to write now (a patch-signals event and/or a heartbeat), and reset."""
-        self.wake.clear()
         frame = b""
         if self._pending:
             frame = self._broker._frame(tuple(sorted(self._pending)), self._revision, self._data)

@@ -16,7 +16,8 @@ verified the request). What it guarantees:
 - When the client disconnects, the server cancels, or the broker closes, every
   subscription is released (the ``async with broker.watch(...)`` block always exits).
 
-Memory per stream: one `Watcher`, one task waiting for the disconnect, two timers.
+Memory per stream: one `Watcher`, one writer task, one or two timers; the request
+task itself waits for the disconnect.
 Writes block on the transport's flow control, so a slow reader holds at most one
 coalesced frame in our hands.
 """
@@ -24,6 +25,7 @@ coalesced frame in our hands.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import TYPE_CHECKING
 
@@ -91,38 +93,47 @@ class EventStream:
 
     async def _serve(self, watcher: Watcher, receive: Receive, send: Send) -> None:
         loop = asyncio.get_running_loop()
-        disconnected = loop.create_future()
-
-        async def wait_for_disconnect() -> None:
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            disconnected.set_result(None)
-            watcher.close()
-
         timers: list[asyncio.TimerHandle] = []
 
         def heartbeat() -> None:
             watcher.heartbeat()
             timers[0] = loop.call_later(self._heartbeat, heartbeat)
 
+        await send({"type": "http.response.start", "status": 200, "headers": _HEADERS})
+        opening = f"id: {self._broker.revision or self._broker.next_revision()}\n\n".encode()
+        await send({"type": "http.response.body", "body": opening, "more_body": True})
         timers.append(loop.call_later(self._heartbeat, heartbeat))
         if self._max_lifetime is not None:
             timers.append(loop.call_later(self._max_lifetime, watcher.close))
-        reader = loop.create_task(wait_for_disconnect())
+        # Writes run in a task of their own: its stack is shallow, so resuming it per
+        # write is cheap, while this (deep) request task only waits for the disconnect.
+        # The server answers receive() with http.disconnect when the client leaves, or
+        # once the writer has completed the response.
+        writer = loop.create_task(_write(watcher, send))
         try:
-            await send({"type": "http.response.start", "status": 200, "headers": _HEADERS})
-            opening = f"id: {self._broker.revision or self._broker.next_revision()}\n\n".encode()
-            await send({"type": "http.response.body", "body": opening, "more_body": True})
-            while True:
-                await watcher.wake.wait()
-                if watcher.closed:
-                    break
-                frame = watcher.take()
-                if frame:
-                    await send({"type": "http.response.body", "body": frame, "more_body": True})
-            if not disconnected.done():
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            while (await receive())["type"] != "http.disconnect":
+                pass
         finally:
             for timer in timers:
                 timer.cancel()
-            reader.cancel()
+            watcher.close()
+            if not writer.done():
+                writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
+
+
+async def _write(watcher: Watcher, send: Send) -> None:
+    """Write what the watcher has until it is closed, then complete the response."""
+    try:
+        while True:
+            await watcher.wait()
+            if watcher.closed:
+                break
+            frame = watcher.take()
+            if frame:
+                await send({"type": "http.response.body", "body": frame, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+    except OSError as error:  # the client went away mid-write (servers differ in how)
+        logger.debug("stream write failed: %s", error)
+        watcher.close()

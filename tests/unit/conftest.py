@@ -126,7 +126,7 @@ def parse_events(frame: bytes | str) -> list[SSEEvent]:
 async def next_frame(watcher: Watcher, within: float = WAIT) -> bytes:
     """Wait until *watcher* has something to write, then take it."""
     async with asyncio.timeout(within):
-        await watcher.wake.wait()
+        await watcher.wait()
     frame = watcher.take()
     assert frame, "the watcher woke with nothing to write"
     return frame

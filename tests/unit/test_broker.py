@@ -156,7 +156,7 @@ async def test_invalidations_before_a_take_coalesce_into_one_frame(broker: Broke
         # The largest revision handed out: no change is older than the frame says.
         assert revision == broker.revision
         # Taken means reset: nothing more to write until the next invalidation.
-        assert not watcher.wake.is_set()
+        assert not watcher.ready
         assert watcher.take() == b""
 
 
@@ -260,7 +260,7 @@ async def test_invalidate_refuses_a_bad_scope_and_sends_nothing(
         with pytest.raises(InvalidScopeError, match=message):
             broker.invalidate_threadsafe("a:1", value)
         assert recording_transport.published == []
-        assert not watcher.wake.is_set()
+        assert not watcher.ready
 
 
 async def test_invalidate_many_refuses_a_single_string(
@@ -343,7 +343,7 @@ async def test_a_cancelled_stream_releases_its_subscriptions(broker: Broker) -> 
     async def stream() -> None:
         async with broker.watch(["a:1", "b:*"]) as watcher:
             entered.set()
-            await watcher.wake.wait()
+            await watcher.wait()
             raise AssertionError("nothing was invalidated")
 
     async with broker.watch(["a:1"]):
@@ -432,7 +432,7 @@ async def test_resume_pushes_every_scope_once(broker: Broker) -> None:
         revision, signals = await next_signals(watcher)
         assert signals == {"_stream": {"a_1": revision, "b_WILD": revision, "c_REST": revision}}
         assert revision > before
-        assert not watcher.wake.is_set()
+        assert not watcher.ready
 
 
 async def test_catch_up_pushes_what_changed_since_the_render(clock: FakeClock) -> None:
@@ -448,7 +448,7 @@ async def test_catch_up_pushes_what_changed_since_the_render(clock: FakeClock) -
         async with broker.watch(watched, rendered_at=rendered_at) as watcher:
             revision, signals = await next_signals(watcher)
             assert signals == {"_stream": {"invoice_43": revision, "invoices_WILD": revision}}
-            assert not watcher.wake.is_set()
+            assert not watcher.ready
 
 
 async def test_catch_up_pushes_nothing_when_nothing_changed(clock: FakeClock) -> None:
@@ -457,7 +457,7 @@ async def test_catch_up_pushes_nothing_when_nothing_changed(clock: FakeClock) ->
         rendered_at = clock.advance(1)
         clock.advance(5)
         async with broker.watch(["invoice:42", "invoices:*"], rendered_at=rendered_at) as watcher:
-            assert not watcher.wake.is_set()
+            assert not watcher.ready
             assert watcher.take() == b""
             await broker.invalidate("invoice:42")
             revision, signals = await next_signals(watcher)
@@ -586,14 +586,14 @@ async def test_close_ends_every_watcher_and_drops_every_subscription() -> None:
     broker = Broker()
     await broker.start()
     async with broker.watch(["a:1"]) as first, broker.watch(["b:*", "a:1"]) as second:
-        woken = asyncio.create_task(first.wake.wait())
+        woken = asyncio.create_task(first.wait())
         assert counts(broker) == (2, 2)
         await broker.close()
         async with asyncio.timeout(WAIT):
             await woken
         assert first.closed
         assert second.closed
-        assert second.wake.is_set()
+        assert second.ready
         assert counts(broker) == (0, 0)
     assert counts(broker) == (0, 0)
 
@@ -603,7 +603,7 @@ async def test_end_streams_closes_watchers_and_keeps_the_broker_running(broker: 
         broker.end_streams()
         assert first.closed
         assert second.closed
-        assert second.wake.is_set()
+        assert second.ready
     assert counts(broker) == (0, 0)
     # New streams (the browsers reconnecting) are served as before.
     async with broker.watch(["a:1"]) as watcher:
@@ -688,7 +688,7 @@ class BrokerMachine(RuleBasedStateMachine):
         if number not in self.open:  # a watcher may be drawn again after being consumed
             return
         _, watcher = self.open[number]
-        assert watcher.wake.is_set() == bool(self.pending[number])
+        assert watcher.ready == bool(self.pending[number])
         frame = watcher.take()
         if not self.pending[number]:
             assert frame == b""
