@@ -131,9 +131,9 @@ class Watcher:
         if self._waiter is not None:
             self._wake()
 
-    def mark_all(self) -> None:
+    def mark_all(self, revision: int | None = None) -> None:
         """Push every scope once (resume after a disconnect, or a reconnect upstream)."""
-        revision = self._broker.next_revision()
+        revision = revision or self._broker.next_revision()
         for key in self.keys:
             self.mark(key, revision, b"")
 
@@ -204,7 +204,7 @@ class Broker:
             raise BrokerStateError("this Broker was closed; create a new one")
         if self._loop is not None:
             return
-        await self.transport.start()
+        await self.transport.start(on_reconnect=self._resync)
         self._loop = asyncio.get_running_loop()
         self._started_at = _now()
 
@@ -233,6 +233,17 @@ class Broker:
         """
         for watcher in list(self._watchers):
             watcher.close()
+
+    def _resync(self) -> None:
+        """After the transport reconnected: push every scope of every stream once.
+
+        Invalidations published while the link was down may never arrive, and which
+        ones is unknowable, so every open tab re-fetches what it watches.
+        """
+        logger.info("transport reconnected: pushing every scope of %d streams", len(self._watchers))
+        revision = self.next_revision()
+        for watcher in list(self._watchers):
+            watcher.mark_all(revision)
 
     async def __aenter__(self) -> Self:
         await self.start()

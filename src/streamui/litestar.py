@@ -18,11 +18,12 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import os
 import signal
 import threading
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from litestar import Controller, Request, get
@@ -46,7 +47,14 @@ if TYPE_CHECKING:
 
     from streamui.transports import Transport
 
-__all__ = ["Authorize", "StreamConfig", "StreamController", "StreamPlugin"]
+__all__ = [
+    "NATS_URL_ENV",
+    "SECRET_ENV",
+    "Authorize",
+    "StreamConfig",
+    "StreamController",
+    "StreamPlugin",
+]
 
 logger = logging.getLogger("streamui.litestar")
 
@@ -54,6 +62,8 @@ Authorize = Callable[[Request[Any, Any, Any], tuple[str, ...]], bool | Awaitable
 """``authorize(request, scopes)``: return False to refuse the stream (403)."""
 
 _STATE_KEY = "streamui"
+SECRET_ENV = "STREAMUI_SECRET"
+NATS_URL_ENV = "STREAMUI_NATS_URL"
 
 
 @dataclass
@@ -61,12 +71,20 @@ class StreamConfig:
     """Settings of the stream endpoint and its broker."""
 
     path: str = "/streamui/stream"
-    secret: str | bytes | None = None
-    """HMAC secret for stream tokens, shared by every process serving the app. None draws
-    a random one per process, which only works with a single process."""
+    secret: str | bytes | None = field(default_factory=lambda: os.environ.get(SECRET_ENV) or None)
+    """HMAC secret for stream tokens, shared by every process serving the app (default:
+    ``STREAMUI_SECRET``). None draws a random one per process: one process only, and
+    open tabs must reload after a restart."""
     prefix: str = DEFAULT_PREFIX
+    nats_url: str | Sequence[str] | None = field(
+        default_factory=lambda: os.environ.get(NATS_URL_ENV) or None
+    )
+    """NATS server URL(s) (default: ``STREAMUI_NATS_URL``); set, the broker uses
+    `streamui.nats.NatsTransport` so several processes and machines share invalidations."""
+    nats_options: dict[str, Any] = field(default_factory=dict)
+    """Extra keyword arguments for ``nats.connect`` (credentials, TLS, names, ...)."""
     transport: Transport | None = None
-    """None: the in-process transport."""
+    """A transport to use instead (None and no *nats_url*: the in-process transport)."""
     broker: Broker | None = None
     """An existing broker to serve; by default one is built from *transport* and *prefix*."""
     max_scopes: int = 64
@@ -153,10 +171,17 @@ class StreamPlugin(InitPlugin):
     __slots__ = ("broker", "config", "endpoint")
 
     def __init__(self, config: StreamConfig | None = None) -> None:
-        self.config = config or StreamConfig()
-        self.broker = self.config.broker or Broker(self.config.transport, prefix=self.config.prefix)
+        self.config = config = config or StreamConfig()
+        self.broker = config.broker or Broker(_transport(config), prefix=config.prefix)
+        if config.secret is None and not self.broker.transport.sees_all_publishes:
+            # A random per-process secret would make a token signed by one worker fail
+            # (403) on every other: refuse to start rather than fail in the browser.
+            raise ConfigurationError(
+                "several processes share this broker's invalidations, so they must share "
+                f"the token secret: set StreamConfig(secret=...) or {SECRET_ENV}"
+            )
         self.endpoint = StreamEndpoint(
-            self.config.path, TokenSigner(self.config.secret, max_age=self.config.token_max_age)
+            config.path, TokenSigner(config.secret, max_age=config.token_max_age)
         )
 
     def on_app_init(self, app_config: AppConfig) -> AppConfig:
@@ -203,6 +228,14 @@ class StreamPlugin(InitPlugin):
                 await app(scope, receive, send)
 
         return with_endpoint
+
+
+def _transport(config: StreamConfig) -> Transport | None:
+    if config.transport is not None or config.nats_url is None:
+        return config.transport
+    from streamui.nats import NatsTransport  # needs the nats extra
+
+    return NatsTransport(servers=config.nats_url, **config.nats_options)
 
 
 def _end_streams_on_exit_signals(broker: Broker) -> Callable[[], None] | None:

@@ -9,6 +9,8 @@ Contract of a `Transport` (the broker is its only caller, always on one event lo
   every matching message, once per subscription (a message that matches two
   subscriptions is delivered to both), in publish order per publisher.
 - Delivery is at most once; nothing is stored for a subscriber that was not there.
+  A transport whose link can drop calls the ``on_reconnect`` callback given to
+  ``start`` after each reconnect (messages may have been lost in between).
 - ``sees_all_publishes`` is True when every publish of every process passes through this
   transport object, which only the in-process transport can promise; the broker uses it
   to decide whether it may rely on its own log of recent invalidations.
@@ -47,8 +49,13 @@ class Transport(ABC):
 
     sees_all_publishes: bool = False
 
-    async def start(self) -> None:  # noqa: B027 - optional hook
-        """Connect; called once by the broker before any other method."""
+    async def start(self, on_reconnect: Callable[[], None] | None = None) -> None:  # noqa: B027
+        """Connect; called once by the broker before any other method.
+
+        A transport that can lose messages while its link is down calls *on_reconnect*
+        (on the event loop) after every reconnect, so the broker can push every watched
+        scope once.
+        """
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release every resource; called once by the broker."""

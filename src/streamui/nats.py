@@ -1,0 +1,205 @@
+"""`NatsTransport`: invalidations between processes and machines over NATS (nats-py).
+
+Install with ``pip install 'streamui[nats]'``.
+
+Contract (beyond the `Transport` one):
+
+- Subjects are ``<prefix>.<segments>``; subscriptions use NATS wildcards, so the NATS
+  server does the matching and each process receives only what its streams watch.
+  An empty payload is a plain invalidation (what the Go package publishes).
+- Built from server URLs (``NatsTransport(servers=...)`` or `NatsTransport.from_env`),
+  the transport owns its connection: it reconnects forever, and drains and closes it on
+  `close`. Built from an existing nats-py connection, it only removes its own
+  subscriptions on `close` and leaves the connection to its owner.
+- While the connection is down, nats-py keeps published messages in its pending buffer
+  (``pending_size``, 2 MiB by default) and sends them after the reconnect. When that
+  buffer is full, or the connection is closed, `publish` raises `PublishError` at once.
+  It never waits for the server to come back.
+- After every reconnect the broker pushes every watched scope once: messages published
+  by other processes while the link was down are lost to this one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import TYPE_CHECKING, Any
+
+from streamui.errors import ConfigurationError, StreamUIError
+from streamui.transports import MessageHandler, Subscription, Transport
+
+try:
+    import nats
+    from nats.errors import Error as NatsError
+except ImportError as error:  # pragma: no cover - depends on the environment
+    raise ImportError("streamui.nats needs nats-py: pip install 'streamui[nats]'") from error
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Sequence
+
+    from nats.aio.client import Client
+    from nats.aio.msg import Msg
+    from nats.aio.subscription import Subscription as NatsSubscription
+
+__all__ = ["NATS_URL_ENV", "NatsTransport", "PublishError"]
+
+logger = logging.getLogger("streamui.nats")
+
+NATS_URL_ENV = "STREAMUI_NATS_URL"
+"""Environment variable read by `NatsTransport.from_env`: comma-separated server URLs."""
+
+
+class PublishError(StreamUIError):
+    """NATS did not take an invalidation (connection closed, or its buffer is full)."""
+
+
+class _Subscription(Subscription):
+    __slots__ = ("_owner", "_subscription")
+
+    def __init__(self, owner: NatsTransport, subscription: NatsSubscription) -> None:
+        self._owner = owner
+        self._subscription: NatsSubscription | None = subscription
+
+    async def unsubscribe(self) -> None:
+        subscription, self._subscription = self._subscription, None
+        if subscription is None:
+            return
+        self._owner._subscriptions.discard(self)
+        try:
+            await subscription.unsubscribe()
+        except NatsError as error:  # closed or draining connection: nothing left to drop
+            logger.debug("unsubscribe from %r: %s", subscription.subject, error)
+
+
+def parse_servers(value: str | Sequence[str]) -> list[str]:
+    """``"nats://a:4222, nats://b:4222"`` or a list -> a list of URLs."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    servers = [item.strip() for item in items if item.strip()]
+    if not servers:
+        raise ConfigurationError(f"no NATS server URL in {value!r}")
+    return servers
+
+
+class NatsTransport(Transport):
+    """Publishes and subscribes through one NATS connection."""
+
+    sees_all_publishes = False
+
+    def __init__(
+        self,
+        connection: Client | None = None,
+        *,
+        servers: str | Sequence[str] | None = None,
+        **connect_options: Any,
+    ) -> None:
+        if (connection is None) == (servers is None):
+            raise ConfigurationError(
+                "NatsTransport takes an existing nats-py connection or servers=..., "
+                "exactly one of them"
+            )
+        if connection is not None and connect_options:
+            raise ConfigurationError("connect options only apply with servers=...")
+        self._connection = connection
+        self._owns_connection = connection is None
+        self.servers = parse_servers(servers) if servers is not None else []
+        self._connect_options = connect_options
+        self._subscriptions: set[_Subscription] = set()
+
+    @classmethod
+    def from_env(cls, **connect_options: Any) -> NatsTransport:
+        """Build from ``STREAMUI_NATS_URL`` (comma-separated URLs)."""
+        value = os.environ.get(NATS_URL_ENV, "")
+        if not value.strip():
+            raise ConfigurationError(f"{NATS_URL_ENV} is not set (e.g. nats://127.0.0.1:4222)")
+        return cls(servers=value, **connect_options)
+
+    @property
+    def connection(self) -> Client:
+        if self._connection is None:
+            raise ConfigurationError("the NATS transport is not started")
+        return self._connection
+
+    async def start(self, on_reconnect: Callable[[], None] | None = None) -> None:
+        async def reconnected() -> None:
+            logger.info("reconnected to NATS at %s", self.connection.connected_url)
+            if on_reconnect is not None:
+                on_reconnect()
+
+        if self._connection is not None:
+            # nats-py has one reconnected callback per connection, set at connect time:
+            # chain ours after the owner's so both run.
+            previous: Callable[[], Awaitable[None]] | None = self._connection._reconnected_cb
+
+            async def chained() -> None:
+                if previous is not None:
+                    await previous()
+                await reconnected()
+
+            self._connection._reconnected_cb = chained
+            return
+        options: dict[str, Any] = {
+            "name": "streamui",
+            "max_reconnect_attempts": -1,
+            "reconnect_time_wait": 0.5,
+            "error_cb": _log_error,
+            "disconnected_cb": _log_disconnect,
+        }
+        options.update(self._connect_options)
+        user_reconnected = options.pop("reconnected_cb", None)
+
+        async def reconnected_for_both() -> None:
+            if user_reconnected is not None:
+                await user_reconnected()
+            await reconnected()
+
+        self._connection = await nats.connect(
+            servers=self.servers, reconnected_cb=reconnected_for_both, **options
+        )
+
+    async def close(self) -> None:
+        for subscription in list(self._subscriptions):
+            await subscription.unsubscribe()
+        connection = self._connection
+        if self._owns_connection and connection is not None:
+            self._connection = None
+            if not connection.is_closed:
+                try:
+                    await asyncio.wait_for(connection.drain(), timeout=5)
+                except (TimeoutError, NatsError) as error:
+                    logger.warning("NATS drain failed (%s); closing", error)
+                    await connection.close()
+
+    async def publish(self, subject: str, payload: bytes) -> None:
+        try:
+            await self.connection.publish(subject, payload)
+        except NatsError as error:
+            reason = str(error) or type(error).__name__
+            raise PublishError(
+                f"NATS did not take the invalidation on {subject!r}: {reason} "
+                "(connection closed, or its pending buffer is full while reconnecting)"
+            ) from error
+
+    async def subscribe(self, pattern: str, handler: MessageHandler) -> Subscription:
+        async def deliver(message: Msg) -> None:
+            handler(message.subject, message.data)
+
+        subscription = _Subscription(self, await self.connection.subscribe(pattern, cb=deliver))
+        self._subscriptions.add(subscription)
+        # Wait until the server has the subscription, so an invalidation published
+        # right after a stream opened (by anyone) reaches it. While reconnecting there
+        # is nothing to wait for: nats-py re-sends every subscription on reconnect.
+        if self.connection.is_connected:
+            try:
+                await self.connection.flush(timeout=5)
+            except (TimeoutError, NatsError) as error:
+                logger.warning("NATS flush after subscribing to %r failed: %s", pattern, error)
+        return subscription
+
+
+async def _log_error(error: Exception) -> None:
+    logger.warning("NATS error: %s", error)
+
+
+async def _log_disconnect() -> None:
+    logger.warning("disconnected from NATS; reconnecting")
