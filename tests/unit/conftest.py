@@ -1,4 +1,5 @@
-"""Shared helpers for the unit tests: scope strategies, SSE parsing, watcher waits, a fake clock.
+"""Shared helpers for the unit tests: scope strategies, SSE parsing, watcher waits, a fake clock,
+and one real ``nats-server`` for the whole session (started only when a test asks for it).
 
 Import the helpers as ``from tests.unit.conftest import ...``; the fixtures are found by
 pytest on its own.
@@ -13,16 +14,19 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pytest
+import pytest_asyncio
 from hypothesis import assume
 from hypothesis import strategies as st
 
 import streamui.broker
 from streamui import MAX_SCOPE_LENGTH, Broker, InProcessTransport
+from tests.nats.conftest import nats_server_running
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
     from streamui import Watcher
+    from streamui.nats_server import NatsServer
 
 WAIT = 10.0
 """Generous timeout (seconds) for anything a test waits on; tests never assert timings."""
@@ -203,3 +207,11 @@ async def broker(recording_transport: RecordingTransport) -> AsyncIterator[Broke
     finally:
         await started.close()
     assert held == (0, 0), f"subscriptions leaked (broker, transport): {held}"
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def shared_nats_server() -> AsyncIterator[NatsServer]:
+    """One real nats-server for the session's NATS contract tests; tests keep apart by
+    subject prefix. Fails (never skips) when the binary cannot be found."""
+    async with nats_server_running() as server:
+        yield server
