@@ -15,14 +15,17 @@ Routes (scopes and components: see `examples.showcase.components`):
   with the reason; an unknown invoice a 404.
 
 A background task ticks the server clock every *tick_interval* seconds and invalidates
-``clock``. The state is in memory, one `Store` per app.
+``clock``. The state is in memory, one `Store` per app, unless *database* names a SQLite
+file (`SqliteStore`) that several workers share; their invalidations then travel over
+NATS (*nats_url*, or ``STREAMUI_NATS_URL``). ``python3 dev.py demo-cluster`` runs that
+(see `examples.showcase.cluster`).
 """
 
 import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +42,14 @@ from litestar.response import File, Response
 
 from examples.showcase import components
 from examples.showcase.components import CLOCK, COUNTER, INVOICES, invoice_scope
-from examples.showcase.store import InvalidInvoiceError, Invoice, Store, parse_invoice
+from examples.showcase.sqlite_store import SqliteStore
+from examples.showcase.store import (
+    InvalidInvoiceError,
+    Invoice,
+    ShowcaseStore,
+    Store,
+    parse_invoice,
+)
 from streamui import Broker
 from streamui.litestar import StreamConfig, StreamPlugin
 
@@ -63,7 +73,7 @@ def _html(node: Element, status_code: int = 200) -> Response[str]:
     return Response(str(node), media_type=MediaType.HTML, status_code=status_code)
 
 
-def _invoice(store: Store, invoice_id: int) -> Invoice:
+def _invoice(store: ShowcaseStore, invoice_id: int) -> Invoice:
     invoice = store.get(invoice_id)
     if invoice is None:
         raise NotFoundException(f"there is no invoice #{invoice_id}")
@@ -74,13 +84,15 @@ def _invoice(store: Store, invoice_id: int) -> Invoice:
 
 
 @get("/")
-async def dashboard(store: NamedDependency[Store], site: NamedDependency[Site]) -> Response[str]:
+async def dashboard(
+    store: NamedDependency[ShowcaseStore], site: NamedDependency[Site]
+) -> Response[str]:
     return _html(components.dashboard_page(store, datastar_src=site.datastar_src))
 
 
 @get("/invoices/{invoice_id:int}")
 async def invoice_page(
-    invoice_id: FromPath[int], store: NamedDependency[Store], site: NamedDependency[Site]
+    invoice_id: FromPath[int], store: NamedDependency[ShowcaseStore], site: NamedDependency[Site]
 ) -> Response[str]:
     invoice = store.get(invoice_id)
     if invoice is None:
@@ -95,49 +107,49 @@ async def invoice_page(
 
 
 @get("/fragments/counter")
-async def counter_fragment(store: NamedDependency[Store]) -> Response[str]:
+async def counter_fragment(store: NamedDependency[ShowcaseStore]) -> Response[str]:
     return _html(components.counter_card(store))
 
 
 @get("/fragments/invoice-count")
-async def invoice_count_fragment(store: NamedDependency[Store]) -> Response[str]:
+async def invoice_count_fragment(store: NamedDependency[ShowcaseStore]) -> Response[str]:
     return _html(components.invoice_count_card(store))
 
 
 @get("/fragments/clock")
-async def clock_fragment(store: NamedDependency[Store]) -> Response[str]:
+async def clock_fragment(store: NamedDependency[ShowcaseStore]) -> Response[str]:
     return _html(components.clock_card(store))
 
 
 @get("/fragments/activity")
-async def activity_fragment(store: NamedDependency[Store]) -> Response[str]:
+async def activity_fragment(store: NamedDependency[ShowcaseStore]) -> Response[str]:
     return _html(components.activity_card(store))
 
 
 @get("/fragments/invoices")
 async def newest_invoices_fragment(
-    store: NamedDependency[Store], since: FromQuery[int]
+    store: NamedDependency[ShowcaseStore], since: FromQuery[int]
 ) -> Response[str]:
     return _html(components.newest_invoices(store, since))
 
 
 @get("/fragments/invoices/older")
 async def older_invoices_fragment(
-    store: NamedDependency[Store], before: FromQuery[int]
+    store: NamedDependency[ShowcaseStore], before: FromQuery[int]
 ) -> Response[str]:
     return _html(components.older_invoices_page(store, before))
 
 
 @get("/fragments/invoices/{invoice_id:int}")
 async def invoice_fragment(
-    invoice_id: FromPath[int], store: NamedDependency[Store]
+    invoice_id: FromPath[int], store: NamedDependency[ShowcaseStore]
 ) -> Response[str]:
     return _html(components.invoice_detail(_invoice(store, invoice_id)))
 
 
 @get("/fragments/invoices/{invoice_id:int}/row")
 async def invoice_row_fragment(
-    invoice_id: FromPath[int], store: NamedDependency[Store]
+    invoice_id: FromPath[int], store: NamedDependency[ShowcaseStore]
 ) -> Response[str]:
     return _html(components.live_invoice_row(_invoice(store, invoice_id)))
 
@@ -146,13 +158,15 @@ async def invoice_row_fragment(
 
 
 @post("/counter/increment", status_code=204)
-async def increment(store: NamedDependency[Store], broker: NamedDependency[Broker]) -> None:
+async def increment(store: NamedDependency[ShowcaseStore], broker: NamedDependency[Broker]) -> None:
     store.increment()
     await broker.invalidate(COUNTER)
 
 
 @post("/counter/reset", status_code=204)
-async def reset_counter(store: NamedDependency[Store], broker: NamedDependency[Broker]) -> None:
+async def reset_counter(
+    store: NamedDependency[ShowcaseStore], broker: NamedDependency[Broker]
+) -> None:
     store.reset_counter()
     await broker.invalidate(COUNTER)
 
@@ -160,7 +174,7 @@ async def reset_counter(store: NamedDependency[Store], broker: NamedDependency[B
 @post("/invoices", status_code=204)
 async def add_invoice(
     request: Request[Any, Any, Any],
-    store: NamedDependency[Store],
+    store: NamedDependency[ShowcaseStore],
     broker: NamedDependency[Broker],
 ) -> None:
     form = await request.form()
@@ -178,7 +192,9 @@ async def add_invoice(
 
 @post("/invoices/{invoice_id:int}/pay", status_code=204)
 async def pay_invoice(
-    invoice_id: FromPath[int], store: NamedDependency[Store], broker: NamedDependency[Broker]
+    invoice_id: FromPath[int],
+    store: NamedDependency[ShowcaseStore],
+    broker: NamedDependency[Broker],
 ) -> None:
     _invoice(store, invoice_id)
     if store.mark_paid(invoice_id):
@@ -207,11 +223,18 @@ ROUTES = [
 # -- the background task -----------------------------------------------------------------------
 
 
-async def run_clock(store: Store, broker: Broker, interval: float) -> None:
-    """Tick the server clock every *interval* seconds and invalidate ``clock``."""
+async def run_clock(store: ShowcaseStore, broker: Broker, interval: float) -> None:
+    """Tick the server clock every *interval* seconds and invalidate ``clock``.
+
+    Workers sharing a store share its clock, and each runs this loop: a worker skips
+    its tick when another ticked less than half an interval ago, so the clock still
+    ticks about once per interval (by whichever worker comes first) and keeps ticking
+    while any worker runs. Whoever ticks invalidates, and NATS tells every tab.
+    """
     while True:
         await asyncio.sleep(interval)
-        store.tick()
+        if not store.tick(unless_ticked_within=interval / 2):
+            continue
         try:
             await broker.invalidate(CLOCK)
         except Exception:
@@ -258,25 +281,36 @@ def create_app(
     secret: str | None = None,
     datastar_src: str | None = None,
     tick_interval: float = 5.0,
+    database: str | os.PathLike[str] | None = None,
+    nats_url: str | Sequence[str] | None = None,
 ) -> Litestar:
-    """Build the showcase with fresh in-memory state.
+    """Build the showcase.
 
-    *broker*: serve this broker (default: a new in-process one). *secret*: the stream
-    token secret (default: random per process, fine for one process). *datastar_src*:
-    where the page loads Datastar from (default: ``/static/datastar.js`` if the
-    ``STREAMUI_DATASTAR_JS`` environment variable names a local copy to serve there,
-    else the official CDN). *tick_interval*: seconds between clock ticks.
+    *broker*: serve this broker (default: a new one, on NATS if *nats_url* is given or
+    ``STREAMUI_NATS_URL`` is set, else in-process). *secret*: the stream token secret
+    (default: ``STREAMUI_SECRET``, else random per process, fine for one process).
+    *datastar_src*: where the page loads Datastar from (default: ``/static/datastar.js``
+    if the ``STREAMUI_DATASTAR_JS`` environment variable names a local copy to serve
+    there, else the official CDN). *tick_interval*: seconds between clock ticks.
+    *database*: a SQLite file to keep the data in, shared with every other worker that
+    names it (default: fresh in-memory state for this app).
     """
     if not tick_interval > 0:
         raise ValueError(f"tick_interval must be positive seconds, got {tick_interval!r}")
-    store = Store()
     handlers: list[HTTPRouteHandler] = list(ROUTES)
     local_datastar = _local_datastar()
     if local_datastar is not None:
         handlers.append(local_datastar)
         datastar_src = datastar_src or DATASTAR_LOCAL_PATH
     site = Site(datastar_src)
-    streams = StreamPlugin(StreamConfig(secret=secret, broker=broker))
+    config = StreamConfig(broker=broker)  # the secret and NATS URL default to the environment
+    if secret is not None:
+        config.secret = secret
+    if nats_url is not None:
+        config.nats_url = nats_url
+    streams = StreamPlugin(config)
+    # Last, so nothing above can fail with the database open.
+    store: ShowcaseStore = Store() if database is None else SqliteStore(database)
 
     def clock() -> Coroutine[Any, Any, None]:
         return run_clock(store, streams.broker, tick_interval)
@@ -288,7 +322,8 @@ def create_app(
             "site": Provide(lambda: site, sync_to_thread=False),
         },
         plugins=[streams, BackgroundTask(clock, name="showcase-clock")],
-        signature_namespace={"Store": Store, "Site": Site},
+        on_shutdown=[store.close],
+        signature_namespace={"ShowcaseStore": ShowcaseStore, "Site": Site},
     )
 
 

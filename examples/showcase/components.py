@@ -68,7 +68,7 @@ if TYPE_CHECKING:
 
     from htpy import Node
 
-    from examples.showcase.store import Invoice, Store
+    from examples.showcase.store import Invoice, ShowcaseStore
 
 COUNTER: Final = "counter:shared"
 INVOICES: Final = "invoices:all"
@@ -84,7 +84,7 @@ def invoice_scope(invoice_id: int) -> str:
 # -- the dashboard's cards -----------------------------------------------------------------
 
 
-def counter_card(store: Store) -> Element:
+def counter_card(store: ShowcaseStore) -> Element:
     return Watch(COUNTER, "/fragments/counter", tag="section", id="counter", class_="card")[
         card_title("Shared counter", COUNTER),
         p(".big-number")[str(store.counter)],
@@ -96,7 +96,7 @@ def counter_card(store: Store) -> Element:
     ]
 
 
-def invoice_count_card(store: Store) -> Element:
+def invoice_count_card(store: ShowcaseStore) -> Element:
     totals = store.totals()
     return Watch(
         INVOICES, "/fragments/invoice-count", tag="section", id="invoice-count", class_="card"
@@ -108,7 +108,7 @@ def invoice_count_card(store: Store) -> Element:
     ]
 
 
-def clock_card(store: Store) -> Element:
+def clock_card(store: ShowcaseStore) -> Element:
     return Watch(CLOCK, "/fragments/clock", tag="section", id="clock", class_="card")[
         card_title("Server clock", CLOCK),
         p(".big-number")[clock_time(store.last_tick or store.started_at)],
@@ -117,7 +117,7 @@ def clock_card(store: Store) -> Element:
     ]
 
 
-def activity_card(store: Store) -> Element:
+def activity_card(store: ShowcaseStore) -> Element:
     totals = store.totals()
     return Watch(
         [COUNTER, INVOICES], "/fragments/activity", tag="section", id="activity", class_="card"
@@ -135,7 +135,7 @@ def activity_card(store: Store) -> Element:
     ]
 
 
-def invoices_card(store: Store) -> Element:
+def invoices_card(store: ShowcaseStore) -> Element:
     """The invoice list: the newest page reloads as a whole, older pages load on demand.
 
     The newest invoices (ids from *anchor* up, including every invoice added while the
@@ -154,7 +154,7 @@ def invoices_card(store: Store) -> Element:
     ]
 
 
-def newest_invoices(store: Store, anchor: int) -> Element:
+def newest_invoices(store: ShowcaseStore, anchor: int) -> Element:
     """Every invoice from *anchor* up, reloaded as a whole on ``invoices:all``.
 
     Its rows do not watch ``invoice:<id>`` themselves: this component reloads on every
@@ -168,7 +168,7 @@ def newest_invoices(store: Store, anchor: int) -> Element:
     ]
 
 
-def older_invoices(store: Store, before: int) -> Element:
+def older_invoices(store: ShowcaseStore, before: int) -> Element:
     """The place of the invoices older than *before*: a "load more" button for now."""
     load = action.get(f"/fragments/invoices/older?before={before}")
     return div(id=f"invoices-before-{before}", class_="more")[
@@ -178,7 +178,7 @@ def older_invoices(store: Store, before: int) -> Element:
     ]
 
 
-def older_invoices_page(store: Store, before: int) -> Element:
+def older_invoices_page(store: ShowcaseStore, before: int) -> Element:
     """What "load more" returns: the next rows in place of the button, and a new button.
 
     Each row watches its own scope; `JoinStream` (after the rows) adds those scopes to
@@ -338,7 +338,7 @@ def date_time(moment: datetime) -> Element:
 # -- pages ---------------------------------------------------------------------------------
 
 
-def dashboard_page(store: Store, *, datastar_src: str | None) -> Element:
+def dashboard_page(store: ShowcaseStore, *, datastar_src: str | None) -> Element:
     return page(
         "Dashboard",
         datastar_src,

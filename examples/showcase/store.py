@@ -1,14 +1,17 @@
 """The showcase's data: a shared counter, invoices, an activity log and a clock.
 
-Everything lives in memory in one `Store` per application, so every app (and every
-test) starts from the same demo data. A store is used from the event loop only
-(request handlers and the clock task); it takes no locks and is not thread-safe.
+`ShowcaseStore` is what the app and its components need from a store. `Store` keeps
+everything in memory, one per application, so every app (and every test) starts from
+the same demo data; it is used from the event loop only (request handlers and the
+clock task), takes no locks and is not thread-safe. Several processes share one
+`examples.showcase.sqlite_store.SqliteStore` instead (``python3 dev.py demo-cluster``).
 Nothing here knows about streams: the handlers invalidate scopes after they change
 the store.
 """
 
 from __future__ import annotations
 
+import abc
 import itertools
 from collections import deque
 from dataclasses import dataclass, replace
@@ -17,7 +20,7 @@ from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterator, Sequence
 
 MAX_CUSTOMER_LENGTH: Final = 80
 MAX_AMOUNT_CENTS: Final = 100_000_000
@@ -69,36 +72,141 @@ class LogEntry:
     text: str
 
 
-class Store:
+ACTIVITY_LENGTH: Final = 8
+"""How many entries the activity log keeps."""
+
+
+class ShowcaseStore(abc.ABC):
+    """What the app and its components read and change: `Store` keeps it in memory,
+    `examples.showcase.sqlite_store.SqliteStore` in a file several processes share.
+
+    A base class rather than a Protocol: Litestar checks a dependency with isinstance.
+    Each method is one consistent step (for `SqliteStore`, one transaction); two reads
+    in a row may see another process's change in between.
+    """
+
+    @property
+    @abc.abstractmethod
+    def counter(self) -> int: ...
+
+    @property
+    @abc.abstractmethod
+    def ticks(self) -> int: ...
+
+    @property
+    @abc.abstractmethod
+    def last_tick(self) -> datetime | None: ...
+
+    @property
+    @abc.abstractmethod
+    def started_at(self) -> datetime: ...
+
+    @property
+    @abc.abstractmethod
+    def activity(self) -> Sequence[LogEntry]:
+        """The newest entries first, at most `ACTIVITY_LENGTH`."""
+
+    @abc.abstractmethod
+    def increment(self) -> int:
+        """Add one to the counter; return the new value."""
+
+    @abc.abstractmethod
+    def reset_counter(self) -> None: ...
+
+    @abc.abstractmethod
+    def get(self, invoice_id: int) -> Invoice | None: ...
+
+    @abc.abstractmethod
+    def add_invoice(self, customer: str, amount_cents: int) -> Invoice: ...
+
+    @abc.abstractmethod
+    def mark_paid(self, invoice_id: int) -> bool:
+        """Mark an invoice paid; False if it already was. KeyError if there is none."""
+
+    @abc.abstractmethod
+    def newest(self, limit: int) -> list[Invoice]:
+        """The *limit* most recent invoices, newest first."""
+
+    @abc.abstractmethod
+    def since(self, first_id: int) -> list[Invoice]:
+        """Every invoice with an id of at least *first_id*, newest first."""
+
+    @abc.abstractmethod
+    def older(self, before_id: int, limit: int) -> list[Invoice]:
+        """Up to *limit* invoices with an id below *before_id*, newest first."""
+
+    @abc.abstractmethod
+    def has_older(self, before_id: int) -> bool: ...
+
+    @abc.abstractmethod
+    def totals(self) -> Totals: ...
+
+    @abc.abstractmethod
+    def tick(self, *, unless_ticked_within: float = 0.0) -> bool:
+        """Advance the clock, unless it ticked less than *unless_ticked_within* seconds
+        ago (workers sharing a store share its clock); return whether it ticked."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release what the store holds (the app calls it on shutdown)."""
+
+
+def demo_invoices(started_at: datetime) -> list[tuple[str, int, datetime, datetime | None]]:
+    """The demo invoices as (customer, cents, issued, paid), to be numbered from 1."""
+    rows = []
+    for number, (customer, cents) in enumerate(_DEMO_INVOICES, start=1):
+        issued = started_at - timedelta(days=len(_DEMO_INVOICES) + 1 - number)
+        paid = issued + timedelta(hours=5) if number % 3 == 0 else None
+        rows.append((customer, cents, issued, paid))
+    return rows
+
+
+class Store(ShowcaseStore):
     """In-memory state of one showcase app, seeded with demo invoices."""
 
     def __init__(self, *, demo_data: bool = True) -> None:
-        self.counter = 0
-        self.ticks = 0
-        self.last_tick: datetime | None = None
-        self.started_at = _now()
+        self._counter = 0
+        self._ticks = 0
+        self._last_tick: datetime | None = None
+        self._started_at = _now()
         self._invoices: dict[int, Invoice] = {}
         self._ids = itertools.count(1)
-        self.activity: deque[LogEntry] = deque(maxlen=8)
+        self._activity: deque[LogEntry] = deque(maxlen=ACTIVITY_LENGTH)
         if demo_data:
-            for days_ago, (customer, cents) in zip(
-                range(len(_DEMO_INVOICES), 0, -1), _DEMO_INVOICES, strict=True
-            ):
+            for customer, cents, issued, paid in demo_invoices(self._started_at):
                 invoice = self._create(customer, cents)
-                issued = self.started_at - timedelta(days=days_ago)
-                paid = issued + timedelta(hours=5) if invoice.id % 3 == 0 else None
                 self._invoices[invoice.id] = replace(invoice, issued_at=issued, paid_at=paid)
             self._log(f"{len(_DEMO_INVOICES)} demo invoices loaded")
+
+    @property
+    def counter(self) -> int:
+        return self._counter
+
+    @property
+    def ticks(self) -> int:
+        return self._ticks
+
+    @property
+    def last_tick(self) -> datetime | None:
+        return self._last_tick
+
+    @property
+    def started_at(self) -> datetime:
+        return self._started_at
+
+    @property
+    def activity(self) -> deque[LogEntry]:
+        return self._activity
 
     # -- counter -----------------------------------------------------------------------
 
     def increment(self) -> int:
-        self.counter += 1
-        self._log(f"Counter went up to {self.counter}")
-        return self.counter
+        self._counter += 1
+        self._log(f"Counter went up to {self._counter}")
+        return self._counter
 
     def reset_counter(self) -> None:
-        self.counter = 0
+        self._counter = 0
         self._log("Counter reset to 0")
 
     # -- invoices ----------------------------------------------------------------------
@@ -112,7 +220,6 @@ class Store:
         return invoice
 
     def mark_paid(self, invoice_id: int) -> bool:
-        """Mark an invoice paid; False if it already was. KeyError if there is none."""
         invoice = self._invoices[invoice_id]
         if invoice.paid:
             return False
@@ -121,15 +228,12 @@ class Store:
         return True
 
     def newest(self, limit: int) -> list[Invoice]:
-        """The *limit* most recent invoices, newest first."""
         return list(itertools.islice(self._newest_first(), limit))
 
     def since(self, first_id: int) -> list[Invoice]:
-        """Every invoice with an id of at least *first_id*, newest first."""
         return list(itertools.takewhile(lambda i: i.id >= first_id, self._newest_first()))
 
     def older(self, before_id: int, limit: int) -> list[Invoice]:
-        """Up to *limit* invoices with an id below *before_id*, newest first."""
         rows = (invoice for invoice in self._newest_first() if invoice.id < before_id)
         return list(itertools.islice(rows, limit))
 
@@ -148,9 +252,17 @@ class Store:
 
     # -- clock -------------------------------------------------------------------------
 
-    def tick(self) -> None:
-        self.ticks += 1
-        self.last_tick = _now()
+    def tick(self, *, unless_ticked_within: float = 0.0) -> bool:
+        now = _now()
+        last = self._last_tick
+        if last is not None and now - last < timedelta(seconds=unless_ticked_within):
+            return False
+        self._ticks += 1
+        self._last_tick = now
+        return True
+
+    def close(self) -> None:
+        pass  # nothing to release: the data goes with the object
 
     # -- internals ---------------------------------------------------------------------
 
@@ -164,7 +276,7 @@ class Store:
         return reversed(self._invoices.values())
 
     def _log(self, text: str) -> None:
-        self.activity.appendleft(LogEntry(_now(), text))
+        self._activity.appendleft(LogEntry(_now(), text))
 
 
 def parse_invoice(customer: str, amount: str) -> tuple[str, int]:
