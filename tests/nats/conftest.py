@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
     from nats.aio.client import Client
 
-    from tests.integration.conftest import Live, OpenStream
+    from tests.integration.conftest import Live, OpenStream, Push
 
 STREAMUI_CONNECTION = "streamui"
 """The client name `NatsTransport` gives the connections it opens."""
@@ -110,21 +110,24 @@ async def wait_for_server_subscriptions(server: NatsServer, subject: str, count:
         ) from None
 
 
-async def settle(live: Live, stream: OpenStream, probe: str) -> None:
-    """Invalidate *probe* (a scope the stream watches) and read through its push.
+async def settle(live: Live, stream: OpenStream, probe: str) -> list[Push]:
+    """Invalidate *probe* (a scope the stream watches) and read through its push; return
+    every push read.
 
     A first connection over NATS is pushed every scope whose subscription is newer than
     the page (the catch-up: the broker cannot know what it missed), so tests settle a
-    stream before they look for the push of one invalidation.
+    stream before they look for the push of one invalidation. Everything delivered to the
+    stream before the probe was published is in the pushes returned.
     """
     # Every push already marked (the catch-up included) has a revision up to this one;
     # the probe's push is the first with a larger one.
     marker = live.broker.revision
     await live.broker.invalidate(probe)
     key = scope_key(probe)
-    push = await stream.next_push()
-    while key not in push.keys or push.revision <= marker:
-        push = await stream.next_push()
+    pushes = [await stream.next_push()]
+    while key not in pushes[-1].keys or pushes[-1].revision <= marker:
+        pushes.append(await stream.next_push())
+    return pushes
 
 
 class LogRecorder(logging.Handler):
