@@ -92,21 +92,23 @@ async def wait_until(predicate: Callable[[], bool], what: str) -> None:
         raise AssertionError(f"timed out waiting until {what}") from None
 
 
-async def wait_for_server_subscriptions(server: NatsServer, subject: str, count: int) -> list[str]:
-    """Poll the monitoring endpoint until streamui's connection holds *count* subscriptions
-    to *subject*; return everything it holds. Bounded by WAIT."""
+async def wait_for_server_subscriptions(
+    server: NatsServer, subject: str, count: int, *, name: str = STREAMUI_CONNECTION
+) -> list[str]:
+    """Poll the monitoring endpoint until the connections named *name* hold *count*
+    subscriptions to *subject*; return everything they hold. Bounded by WAIT."""
     held: list[str] = []
     try:
         async with asyncio.timeout(WAIT):
             while True:
-                held = await subscriptions_on_server(server)
+                held = await subscriptions_on_server(server, name)
                 if held.count(subject) == count:
                     return held
                 await asyncio.sleep(0.05)
     except TimeoutError:
         raise AssertionError(
-            f"the server never showed {count} subscription(s) to {subject!r} from streamui's "
-            f"connection; it holds {held}"
+            f"the server never showed {count} subscription(s) to {subject!r} from the "
+            f"{name!r} connection; it holds {held}"
         ) from None
 
 
