@@ -251,10 +251,10 @@ def push_event(revision: int, *keys: str) -> Event:
     )
 
 
-async def expect_push(reader: SSEReader, *keys: str, after: int = 0) -> int:
+async def expect_push(reader: SSEReader, *keys: str, after: int = 0, timeout: float = WAIT) -> int:
     """The next event must be exactly the push of *keys* (nothing else), at a revision
     above *after*; return the revision."""
-    event = await reader.next_event()
+    event = await reader.next_event(timeout)
     assert event.id is not None, event
     assert event.id.isdigit(), event
     revision = int(event.id)
