@@ -2,6 +2,9 @@
 """Developer commands that work on a machine with nothing but Python >= 3.11.
 
     python3 dev.py demo      run the showcase on the in-process broker (http://127.0.0.1:8000)
+    python3 dev.py demo-cluster
+                             run it on two workers (:8000 and :8001) that share a managed
+                             nats-server and a SQLite file; open one window on each
     python3 dev.py test      lint, type-check and run the whole test suite
     python3 dev.py bench     run the benchmarks (bench/)
 
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import subprocess
 import sys
 import venv
@@ -33,7 +37,7 @@ def run(*command: str | Path) -> None:
 
 
 def ensure_venv() -> None:
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 - dev.py runs on whatever python3 is
         sys.exit(f"streamui needs Python >= 3.11; this is {sys.version.split()[0]}")
     wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
     if STAMP.exists() and STAMP.read_text() == wanted and PYTHON.exists():
@@ -51,6 +55,23 @@ def demo() -> None:
     run(PYTHON, "-m", "examples.showcase")
 
 
+def demo_cluster() -> None:
+    ensure_venv()
+    command = [str(PYTHON), "-m", "examples.showcase.cluster"]
+    print("+", " ".join(command), flush=True)
+    # A session of its own: the terminal's Ctrl-C would also reach the nats-server the
+    # launcher starts, which would quit before the workers. Forward it as SIGTERM
+    # instead; the launcher stops the workers, then the NATS server.
+    launcher = subprocess.Popen(command, cwd=ROOT, start_new_session=True)
+
+    def stop(signum: int, frame: object) -> None:
+        launcher.terminate()
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    sys.exit(launcher.wait())
+
+
 def test() -> None:
     ensure_venv()
     run(BIN / "ruff", "check", "src", "tests", "examples", "bench")
@@ -64,7 +85,7 @@ def bench() -> None:
     run(PYTHON, "-m", "bench", *sys.argv[2:])
 
 
-COMMANDS = {"demo": demo, "test": test, "bench": bench}
+COMMANDS = {"demo": demo, "demo-cluster": demo_cluster, "test": test, "bench": bench}
 
 if __name__ == "__main__":
     if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
