@@ -30,8 +30,9 @@ from streamui.errors import ConfigurationError, StreamUIError
 from streamui.transports import MessageHandler, Subscription, Transport
 
 try:
-    import nats
     from nats.errors import Error as NatsError
+
+    import nats
 except ImportError as error:  # pragma: no cover - depends on the environment
     raise ImportError("streamui.nats needs nats-py: pip install 'streamui[nats]'") from error
 
@@ -105,6 +106,7 @@ class NatsTransport(Transport):
         self.servers = parse_servers(servers) if servers is not None else []
         self._connect_options = connect_options
         self._subscriptions: set[_Subscription] = set()
+        self._closing = False
 
     @classmethod
     def from_env(cls, **connect_options: Any) -> NatsTransport:
@@ -122,7 +124,8 @@ class NatsTransport(Transport):
 
     async def start(self, on_reconnect: Callable[[], None] | None = None) -> None:
         async def reconnected() -> None:
-            logger.info("reconnected to NATS at %s", self.connection.connected_url)
+            url = self.connection.connected_url
+            logger.info("reconnected to NATS at %s", url.geturl() if url else "?")
             if on_reconnect is not None:
                 on_reconnect()
 
@@ -138,12 +141,19 @@ class NatsTransport(Transport):
 
             self._connection._reconnected_cb = chained
             return
+
+        async def disconnected() -> None:
+            if self._closing:  # our own drain/close: nothing is being reconnected
+                logger.debug("disconnected from NATS (closing)")
+            else:
+                logger.warning("disconnected from NATS; reconnecting")
+
         options: dict[str, Any] = {
             "name": "streamui",
             "max_reconnect_attempts": -1,
             "reconnect_time_wait": 0.5,
             "error_cb": _log_error,
-            "disconnected_cb": _log_disconnect,
+            "disconnected_cb": disconnected,
         }
         options.update(self._connect_options)
         user_reconnected = options.pop("reconnected_cb", None)
@@ -158,19 +168,28 @@ class NatsTransport(Transport):
         )
 
     async def close(self) -> None:
+        self._closing = True
         for subscription in list(self._subscriptions):
             await subscription.unsubscribe()
         connection = self._connection
-        if self._owns_connection and connection is not None:
-            self._connection = None
-            if not connection.is_closed:
+        if self._owns_connection and connection is not None and not connection.is_closed:
+            if connection.is_connected:
                 try:
+                    # Drain: deliver what is in flight, send what is buffered, then close.
                     await asyncio.wait_for(connection.drain(), timeout=5)
-                except (TimeoutError, NatsError) as error:
+                except (TimeoutError, NatsError, OSError) as error:
                     logger.warning("NATS drain failed (%s); closing", error)
+            if not connection.is_closed:
+                # Not connected (e.g. NATS is down): what is still buffered cannot be
+                # sent; closing must not fail on the dead socket.
+                try:
                     await connection.close()
+                except (NatsError, OSError) as error:
+                    logger.debug("closing the NATS connection: %s", error)
 
     async def publish(self, subject: str, payload: bytes) -> None:
+        if self._closing:
+            raise PublishError(f"the NATS transport is closed; cannot publish on {subject!r}")
         try:
             await self.connection.publish(subject, payload)
         except NatsError as error:
@@ -182,7 +201,10 @@ class NatsTransport(Transport):
 
     async def subscribe(self, pattern: str, handler: MessageHandler) -> Subscription:
         async def deliver(message: Msg) -> None:
-            handler(message.subject, message.data)
+            try:
+                handler(message.subject, message.data)
+            except Exception:  # a broken handler must not reach nats-py's error callback
+                logger.exception("subscriber of %r failed on %r", pattern, message.subject)
 
         subscription = _Subscription(self, await self.connection.subscribe(pattern, cb=deliver))
         self._subscriptions.add(subscription)
@@ -199,7 +221,3 @@ class NatsTransport(Transport):
 
 async def _log_error(error: Exception) -> None:
     logger.warning("NATS error: %s", error)
-
-
-async def _log_disconnect() -> None:
-    logger.warning("disconnected from NATS; reconnecting")

@@ -205,13 +205,6 @@ async def test_a_transport_built_from_urls_drains_and_closes_its_connection(
     assert await subscriptions_on_server(nats_server) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a deliberate close logs WARNING 'disconnected from NATS; reconnecting' "
-    "(nats-py calls the disconnected callback when draining), so every app shutdown "
-    "warns of a reconnect that never happens. Fix: set a closing flag in close() and log "
-    "the disconnect at DEBUG (or not at all) while closing.",
-)
 async def test_a_deliberate_close_logs_no_warning(nats_server: NatsServer) -> None:
     async with asyncio.timeout(WAIT):
         broker = Broker(NatsTransport(servers=nats_server.url))

@@ -239,15 +239,6 @@ async def test_closing_during_an_outage_does_not_hang(nats_server: NatsServer) -
     assert connection.is_closed
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ConnectionResetError,
-    reason="BUG: NatsTransport.close during an outage with a buffered invalidation raises "
-    "ConnectionResetError: drain() refuses (reconnecting), the fallback connection.close() "
-    "tries to write nats-py's pending buffer to the dead socket. Broker.close and so the "
-    "app's shutdown fail. Fix: in close(), skip drain when the connection is not connected "
-    "and suppress OSError (and NatsError) from connection.close().",
-)
 async def test_closing_during_an_outage_with_a_buffered_invalidation_does_not_raise(
     nats_server: NatsServer,
 ) -> None:
@@ -288,14 +279,6 @@ async def test_publishing_on_a_connection_its_owner_closed_raises_publish_error(
                 await broker.invalidate("order:1")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: after NatsTransport.close(), publish raises ConfigurationError('the NATS "
-    "transport is not started'): the wrong class (streamui.nats documents PublishError "
-    "once the connection is closed) and a misleading message. Fix: remember the close "
-    "and raise PublishError('... the NATS transport is closed') from publish/subscribe.",
-)
 async def test_publishing_on_a_closed_transport_raises_publish_error(
     nats_server: NatsServer,
 ) -> None:

@@ -343,20 +343,7 @@ async def test_a_failing_handler_is_logged_with_its_traceback(
     bus: Bus,
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
-    request: pytest.FixtureRequest,
 ) -> None:
-    if bus.name == "nats":
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="BUG: NatsTransport lets a handler's exception reach nats-py, which "
-                "hands it to the connection's error_cb: streamui logs a WARNING 'NATS error: "
-                "handler bug', with no traceback and no subject (and a connection passed in "
-                "reports it through its owner's error_cb instead). Fix: catch Exception around "
-                "handler() in NatsTransport.subscribe's deliver and logger.exception(...) as "
-                "the in-process transport does.",
-            )
-        )
     subject = bus.subject("invoice", "42")
     with captured_streamui_logs(caplog, monkeypatch):
         await publish_to_a_broken_handler(bus, subject)
