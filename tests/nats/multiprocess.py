@@ -186,8 +186,9 @@ class Worker:
         assert self._base_url is not None, "await ready() first"
         return self._base_url
 
-    async def stop_cleanly(self) -> None:
-        """SIGTERM; the worker must shut down completely, without a traceback or error."""
+    async def stop_cleanly(self, *, warnings: bool = False) -> None:
+        """SIGTERM; the worker must shut down completely, without a traceback, an error
+        or (unless *warnings*, e.g. after its NATS server died) a warning."""
         status = await self.child.terminate()
         output = self.child.output
         # uvicorn re-raises the signal it caught once it has shut down.
@@ -195,6 +196,8 @@ class Worker:
         assert "Application shutdown complete" in output, output
         assert "Traceback" not in output, output
         assert "ERROR" not in output, output
+        if not warnings:
+            assert "WARNING" not in output, output
 
 
 @contextlib.asynccontextmanager

@@ -195,4 +195,4 @@ async def test_a_worker_whose_node_dies_fails_over_and_still_gets_invalidations(
             await invalidate(client, a, target)
             await expect_push(on_b, "cluster_target", after=last)
 
-        await stop_all((a, b))
+        await asyncio.gather(a.stop_cleanly(), b.stop_cleanly(warnings=True))
