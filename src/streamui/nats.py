@@ -17,6 +17,12 @@ Contract (beyond the `Transport` one):
   It never waits for the server to come back.
 - After every reconnect the broker pushes every watched scope once: messages published
   by other processes while the link was down are lost to this one.
+- A new subscription is flushed to this process's NATS server before a stream starts.
+  In a cluster, other nodes learn of it a moment later (NATS propagates interest
+  asynchronously, typically well under a millisecond on one network): an invalidation
+  published on another node in that instant is not delivered. The first-connect
+  catch-up pushes every scope changed before the subscription; nothing covers that
+  instant after it.
 """
 
 from __future__ import annotations

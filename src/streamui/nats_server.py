@@ -78,6 +78,7 @@ class NatsServer:
         routes: Sequence[str] = (),
         binary: str | None = None,
         extra_args: Sequence[str] = (),
+        new_session: bool = False,
     ) -> None:
         self.host = host
         self.port = port or free_port(host)
@@ -90,6 +91,9 @@ class NatsServer:
         self.routes = list(routes)
         self._binary = binary
         self._extra_args = list(extra_args)
+        # In a session of its own, the terminal's Ctrl-C reaches only its parent, which
+        # can then stop the app workers before NATS.
+        self._new_session = new_session
         self._process: asyncio.subprocess.Process | None = None
         self._store: tempfile.TemporaryDirectory[str] | None = None
         self._log: Path | None = None
@@ -108,6 +112,11 @@ class NatsServer:
         if self.cluster_port is None:
             raise ConfigurationError("this server is not a cluster node (no cluster_port)")
         return f"nats-route://{self.host}:{self.cluster_port}"
+
+    @property
+    def pid(self) -> int | None:
+        """The process id while the server runs."""
+        return self._process.pid if self.running and self._process is not None else None
 
     @property
     def running(self) -> bool:
@@ -142,6 +151,7 @@ class NatsServer:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
+                start_new_session=self._new_session,
             )
         try:
             async with asyncio.timeout(timeout):
