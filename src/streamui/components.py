@@ -95,9 +95,6 @@ class StreamEndpoint:
     path: str = "/streamui/stream"
     signer: TokenSigner = field(default_factory=TokenSigner)
 
-    def url(self, tokens: Iterable[str]) -> str:
-        return self.path + "?" + "&".join(f"t={token}" for token in tokens)
-
 
 _endpoint: ContextVar[StreamEndpoint | None] = ContextVar("streamui_endpoint", default=None)
 
