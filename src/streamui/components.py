@@ -46,7 +46,7 @@ from htpy import Element, div, script
 
 from streamui.errors import ConfigurationError
 from streamui.scopes import SIGNAL_NAMESPACE, scope_key, validate_scope
-from streamui.tokens import TokenSigner
+from streamui.tokens import StreamToken, TokenSigner
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
@@ -323,11 +323,37 @@ def _token_signals(
     endpoint: StreamEndpoint, scopes: Sequence[str], rendered_at: float | None = None
 ) -> dict[str, Any]:
     token = endpoint.signer.sign(scopes, issued_at=rendered_at)
+    return {**scope_signals(*scopes), TOKENS_NAMESPACE: {_token_name(scopes): token}}
+
+
+def _token_name(scopes: Iterable[str]) -> str:
     # Named after the scope set, not the token (which carries its signing time): with
     # only-if-missing, rendering the same scopes again adds nothing, so the tab's token
     # list (and its stream URL) does not grow when a fragment is reloaded.
-    digest = hashlib.sha256("\n".join(sorted(scopes)).encode()).hexdigest()[:16]
-    return {**scope_signals(*scopes), TOKENS_NAMESPACE: {"t" + digest: token}}
+    return "t" + hashlib.sha256("\n".join(sorted(set(scopes))).encode()).hexdigest()[:16]
+
+
+MERGE_TOKENS_OVER: Final = 4
+"""A stream opened with more tokens than this tells the tab to merge them."""
+
+
+def merge_tokens(
+    endpoint: StreamEndpoint, tokens: Sequence[StreamToken], *, event_id: str | None = None
+) -> DatastarEvent | None:
+    """The event that replaces a tab's stream tokens by one, or None for a few tokens.
+
+    Every JoinStream adds a token to the tab. A stream opened with more than
+    `MERGE_TOKENS_OVER` answers first with this event, so the tab's URL stays short and
+    under the endpoint's token limit however many fragments joined. It costs the tab one
+    more reconnect, which is why a few tokens are left alone.
+    """
+    if len(tokens) <= MERGE_TOKENS_OVER:
+        return None
+    scopes = list(dict.fromkeys(value for token in tokens for value in token.scopes))
+    merged_name = _token_name(scopes)
+    patch: dict[str, Any] = {_token_name(token.scopes): None for token in tokens}
+    patch[merged_name] = endpoint.signer.sign(scopes)
+    return ServerSentEventGenerator.patch_signals({TOKENS_NAMESPACE: patch}, event_id=event_id)
 
 
 class _LazyComponent:

@@ -32,7 +32,7 @@ from litestar.exceptions import ClientException, PermissionDeniedException
 from litestar.plugins import InitPlugin
 
 from streamui.broker import Broker
-from streamui.components import StreamEndpoint, use_endpoint
+from streamui.components import StreamEndpoint, merge_tokens, use_endpoint
 from streamui.errors import ConfigurationError, InvalidTokenError
 from streamui.scopes import DEFAULT_PREFIX
 from streamui.stream import EventStream
@@ -133,15 +133,13 @@ class StreamController(Controller):
             raise ClientException(
                 f"too many stream tokens: {len(tokens)}, the limit is {config.max_tokens}"
             )
-        scopes: dict[str, None] = {}
-        issued = []
+        verified = []
         for token in tokens:
             try:
-                verified = state.endpoint.signer.verify(token)
+                verified.append(state.endpoint.signer.verify(token))
             except InvalidTokenError as error:
                 raise PermissionDeniedException(str(error)) from None
-            scopes.update(dict.fromkeys(verified.scopes))
-            issued.append(verified.issued_at)
+        scopes = dict.fromkeys(value for token in verified for value in token.scopes)
         if len(scopes) > config.max_scopes:
             raise ClientException(
                 f"too many scopes: {len(scopes)}, the limit is {config.max_scopes}"
@@ -153,15 +151,21 @@ class StreamController(Controller):
                 allowed = await allowed
             if not allowed:
                 raise PermissionDeniedException("not authorized to watch these scopes")
+
         # The newest token bounds the catch-up: older tokens' scopes were served by the
         # stream this one replaces until the browser aborted it, after the newest render.
+        def merge(opening_id: str) -> bytes:
+            event = merge_tokens(state.endpoint, verified, event_id=opening_id)
+            return event.encode() if event is not None else b""
+
         return EventStream(
             state.broker,
             watched,
-            rendered_at=max(issued),
+            rendered_at=max(token.issued_at for token in verified),
             resume=bool(request.headers.get("last-event-id")),
             heartbeat=config.heartbeat,
             max_lifetime=config.max_lifetime,
+            greeting=merge,
         )
 
 

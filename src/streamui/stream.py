@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 from datastar_py.sse import SSE_HEADERS
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from litestar.types import Receive, Scope, Send
 
@@ -46,9 +46,22 @@ _HEADERS = [(name.lower().encode(), value.encode()) for name, value in SSE_HEADE
 
 
 class EventStream:
-    """ASGI app streaming invalidations of *scopes* from *broker* to one client."""
+    """ASGI app streaming invalidations of *scopes* from *broker* to one client.
 
-    __slots__ = ("_broker", "_heartbeat", "_max_lifetime", "_rendered_at", "_resume", "_scopes")
+    *greeting*, if given, is called with the opening frame's id and what it returns is
+    written right after that frame (the Litestar controller uses it to merge a tab's
+    stream tokens).
+    """
+
+    __slots__ = (
+        "_broker",
+        "_greeting",
+        "_heartbeat",
+        "_max_lifetime",
+        "_rendered_at",
+        "_resume",
+        "_scopes",
+    )
 
     def __init__(
         self,
@@ -59,6 +72,7 @@ class EventStream:
         resume: bool = False,
         heartbeat: float = 15.0,
         max_lifetime: float | None = None,
+        greeting: Callable[[str], bytes] | None = None,
     ) -> None:
         self._broker = broker
         self._scopes = tuple(scopes)
@@ -66,6 +80,7 @@ class EventStream:
         self._resume = resume
         self._heartbeat = heartbeat
         self._max_lifetime = max_lifetime
+        self._greeting = greeting
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         watch = self._broker.watch(self._scopes, rendered_at=self._rendered_at, resume=self._resume)
@@ -100,7 +115,10 @@ class EventStream:
             timers[0] = loop.call_later(self._heartbeat, heartbeat)
 
         await send({"type": "http.response.start", "status": 200, "headers": _HEADERS})
-        opening = f"id: {self._broker.revision or self._broker.next_revision()}\n\n".encode()
+        opening_id = str(self._broker.revision or self._broker.next_revision())
+        opening = f"id: {opening_id}\n\n".encode()
+        if self._greeting is not None:
+            opening += self._greeting(opening_id)
         await send({"type": "http.response.body", "body": opening, "more_body": True})
         timers.append(loop.call_later(self._heartbeat, heartbeat))
         if self._max_lifetime is not None:
