@@ -289,6 +289,17 @@ class Person:
     name: str
     context: BrowserContext
     page: Page
+    _recordings: list[list[Request]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        # One listener for the page's whole life: Playwright subscribes to request
+        # events asynchronously when the first listener is added, so a listener added
+        # just before an action could miss the requests that action makes at once.
+        def record(request: Request) -> None:
+            for recording in self._recordings:
+                recording.append(request)
+
+        self.page.on("request", record)
 
     async def open(self, url: str) -> None:
         """Load *url* and wait until its stream is open (the server has subscribed)."""
@@ -301,15 +312,11 @@ class Person:
     def requests(self) -> Iterator[list[Request]]:
         """Record every request this person's page makes in the block."""
         seen: list[Request] = []
-
-        def on_request(request: Request) -> None:
-            seen.append(request)
-
-        self.page.on("request", on_request)
+        self._recordings.append(seen)
         try:
             yield seen
         finally:
-            self.page.remove_listener("request", on_request)
+            self._recordings.remove(seen)
 
 
 def _is_stream(response: Response) -> bool:
