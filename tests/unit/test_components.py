@@ -637,10 +637,10 @@ def test_join_tokens_are_named_after_their_scope_set() -> None:
 
 
 @pytest.mark.xfail(
-    reason="BUG (limitation): worker threads adopt any task-owned registry in their "
-    "context, so two pages rendered concurrently with asyncio.to_thread from one task "
-    "(one use_endpoint block) register into one registry: one Connect gets both pages' "
-    "scopes, the other none",
+    reason="known limitation, documented in the README (one request renders one page at "
+    "a time): worker threads adopt their task's registry so that a page Litestar streams "
+    "from its thread pool registers in one place; two pages rendered at once by threads "
+    "of one request therefore share their scopes",
     strict=True,
 )
 async def test_pages_rendered_concurrently_in_worker_threads_of_one_task_never_mix() -> None:
