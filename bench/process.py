@@ -12,7 +12,6 @@ import asyncio
 import os
 import resource
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from bench.client import BenchError
+from streamui.nats_server import free_port
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -44,13 +44,6 @@ def raise_open_file_limit(wanted: int) -> None:
             "raise it (ulimit -Hn) or use fewer --streams"
         )
     resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class ServerProcess:
@@ -79,7 +72,7 @@ class ServerProcess:
         self._process: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> Self:
-        self.port = _free_port()
+        self.port = free_port(HOST)
         command = [
             sys.executable, "-m", "uvicorn", "--factory", self.factory,
             "--host", self.host, "--port", str(self.port),
