@@ -213,8 +213,7 @@ class Broker:
         if self._closed:
             return
         self._closed = True
-        for watcher in list(self._watchers):
-            watcher.close()
+        self.end_streams()
         patterns, self._patterns = self._patterns, {}
         for entry in patterns.values():
             if entry.subscribing is not None:
