@@ -47,7 +47,7 @@ from streamui.transports import InProcessTransport, Subscription, Transport
 
 if TYPE_CHECKING:
     import concurrent.futures
-    from collections.abc import Iterable
+    from collections.abc import Callable, Iterable
     from types import TracebackType
     from typing import Self
 
@@ -86,9 +86,12 @@ class _Pattern:
 class Watcher:
     """The broker-side state of one stream: what changed since the last write.
 
-    The stream's writer awaits `wait`, then calls `take` for the bytes to write. A
-    writer that is busy is never woken: changes made meanwhile simply join the next
-    `take` (that is the coalescing), so the fan-out costs one set insertion per stream.
+    Two ways to write: a writer that *attaches* a callback is called once per event
+    loop iteration in which the watcher changed (the broker batches the calls, so a
+    burst of invalidations becomes one write per stream, and no task is woken); or a
+    writer task awaits `wait`. Either then calls `take` for the bytes to write. A writer
+    that is busy is not called again: changes made meanwhile join the next `take` (that
+    is the coalescing), so the fan-out costs a set insertion per stream.
     """
 
     __slots__ = (
@@ -96,7 +99,9 @@ class Watcher:
         "_broker",
         "_data",
         "_heartbeat_due",
+        "_on_ready",
         "_pending",
+        "_queued",
         "_revision",
         "_waiter",
         "closed",
@@ -113,9 +118,23 @@ class Watcher:
         self._revision = 0
         self._heartbeat_due = False
         self._waiter: asyncio.Future[None] | None = None
+        self._on_ready: Callable[[], None] | None = None
+        self._queued = False
         self.closed = False
 
+    def attach(self, on_ready: Callable[[], None] | None) -> None:
+        """Call *on_ready* (soon, on the loop) whenever there is something to `take` or
+        the watcher closed; None detaches."""
+        self._on_ready = on_ready
+        if on_ready is not None and self.ready:
+            self._wake()
+
     def _wake(self) -> None:
+        if self._on_ready is not None:
+            if not self._queued:
+                self._queued = True
+                self._broker._schedule(self)
+            return
         waiter = self._waiter
         if waiter is not None:
             self._waiter = None
@@ -128,7 +147,7 @@ class Watcher:
         if payload:
             self._data[key] = payload
         self._revision = max(self._revision, revision)
-        if self._waiter is not None:
+        if not self._queued:
             self._wake()
 
     def mark_all(self, revision: int | None = None) -> None:
@@ -196,6 +215,9 @@ class Broker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started_at = float("inf")
         self._closed = False
+        # Watchers with something to write, handed to their writers once per loop
+        # iteration (one callback for the whole batch, not a task wake-up per stream).
+        self._ready: list[Watcher] = []
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -425,6 +447,22 @@ class Broker:
         key = entry.key
         for watcher in entry.watchers:
             watcher.mark(key, revision, payload)
+
+    def _schedule(self, watcher: Watcher) -> None:
+        if not self._ready:
+            asyncio.get_running_loop().call_soon(self._hand_over)
+        self._ready.append(watcher)
+
+    def _hand_over(self) -> None:
+        ready, self._ready = self._ready, []
+        for watcher in ready:
+            watcher._queued = False
+            on_ready = watcher._on_ready
+            if on_ready is not None:
+                try:
+                    on_ready()
+                except Exception:  # one broken writer must not starve the others
+                    logger.exception("a stream writer failed")
 
     def _remember(self, concrete: str, when: float) -> None:
         recent = self._recent

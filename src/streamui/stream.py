@@ -16,8 +16,9 @@ verified the request). What it guarantees:
 - When the client disconnects, the server cancels, or the broker closes, every
   subscription is released (the ``async with broker.watch(...)`` block always exits).
 
-Memory per stream: one `Watcher`, one writer task, one or two timers; the request
-task itself waits for the disconnect.
+Memory per stream: one `Watcher`, one small writer object, one or two timers; the
+request task itself waits for the disconnect, and no task exists per stream unless a
+write is waiting for a slow client.
 Writes block on the transport's flow control, so a slow reader holds at most one
 coalesced frame in our hands.
 """
@@ -27,12 +28,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from datastar_py.sse import SSE_HEADERS
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Generator, Sequence
 
     from litestar.types import Receive, Scope, Send
 
@@ -123,35 +124,95 @@ class EventStream:
         timers.append(loop.call_later(self._heartbeat, heartbeat))
         if self._max_lifetime is not None:
             timers.append(loop.call_later(self._max_lifetime, watcher.close))
-        # Writes run in a task of their own: its stack is shallow, so resuming it per
-        # write is cheap, while this (deep) request task only waits for the disconnect.
-        # The server answers receive() with http.disconnect when the client leaves, or
-        # once the writer has completed the response.
-        writer = loop.create_task(_write(watcher, send))
+        writer = _Writer(watcher, send)
+        watcher.attach(writer.write)
+        # This (deep) request task only waits for the disconnect; writes happen in the
+        # broker's batch callback (see _Writer). The server answers receive() with
+        # http.disconnect when the client leaves, or once the response is complete.
         try:
             while (await receive())["type"] != "http.disconnect":
                 pass
         finally:
             for timer in timers:
                 timer.cancel()
+            watcher.attach(None)
             watcher.close()
-            if not writer.done():
-                writer.cancel()
+            await writer.stop()
+
+
+class _Writer:
+    """Writes a watcher's frames without a task of its own (the hot path).
+
+    `write` runs in the broker's batch callback: it takes the pending frame and steps
+    the server's ``send`` coroutine by hand. An unthrottled write completes in that one
+    step (uvicorn writes to the socket and returns), so a push costs no task switch.
+    A write that must wait (the client reads slowly, flow control paused the socket) is
+    finished by a task, which then writes whatever coalesced meanwhile, in order.
+    """
+
+    __slots__ = ("_done", "_send", "_task", "_watcher")
+
+    def __init__(self, watcher: Watcher, send: Send) -> None:
+        self._watcher = watcher
+        self._send = send
+        self._task: asyncio.Task[None] | None = None
+        self._done = False
+
+    def write(self) -> None:
+        if self._task is not None or self._done:
+            return  # a write is in flight: it writes what is pending when it finishes
+        watcher = self._watcher
+        more = not watcher.closed
+        frame = watcher.take() if more else b""
+        if more and not frame:
+            return
+        self._done = not more
+        step = self._send(
+            {"type": "http.response.body", "body": frame, "more_body": more}
+        ).__await__()
+        try:
+            awaiting = step.send(None)
+        except StopIteration:
+            return
+        except Exception as error:  # the client went away mid-write (servers differ)
+            self._fail(error)
+            return
+        self._task = asyncio.get_running_loop().create_task(self._finish(step, awaiting))
+
+    async def _finish(self, step: Generator[Any, None, None], awaiting: Any) -> None:
+        """Drive a suspended ``send`` to its end as a task would, then write on."""
+        try:
+            while True:
+                if awaiting is None:  # a bare yield: give the loop one turn
+                    await asyncio.sleep(0)
+                else:
+                    awaiting._asyncio_future_blocking = False
+                    await asyncio.wait((awaiting,))
+                try:
+                    awaiting = step.send(None)
+                except StopIteration:
+                    break
+        except asyncio.CancelledError:
+            step.close()
+            raise
+        except Exception as error:
+            self._fail(error)
+            return
+        finally:
+            self._task = None
+        if self._watcher.ready:
+            self.write()
+
+    def _fail(self, error: Exception) -> None:
+        logger.debug("stream write failed: %r", error)
+        self._done = True
+        self._watcher.attach(None)
+
+    async def stop(self) -> None:
+        """No more writes; cancel one in flight (the client is gone)."""
+        self._done = True
+        task = self._task
+        if task is not None:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await writer
-
-
-async def _write(watcher: Watcher, send: Send) -> None:
-    """Write what the watcher has until it is closed, then complete the response."""
-    try:
-        while True:
-            await watcher.wait()
-            if watcher.closed:
-                break
-            frame = watcher.take()
-            if frame:
-                await send({"type": "http.response.body", "body": frame, "more_body": True})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
-    except OSError as error:  # the client went away mid-write (servers differ in how)
-        logger.debug("stream write failed: %s", error)
-        watcher.close()
+                await task
