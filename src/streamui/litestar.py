@@ -35,7 +35,7 @@ from streamui.broker import Broker
 from streamui.components import StreamEndpoint, merge_tokens, use_endpoint
 from streamui.errors import ConfigurationError, InvalidTokenError
 from streamui.scopes import DEFAULT_PREFIX
-from streamui.stream import EventStream
+from streamui.stream import SERVER_SEND_KEY, EventStream
 from streamui.tokens import TokenSigner
 
 if TYPE_CHECKING:
@@ -96,6 +96,9 @@ class StreamConfig:
     dependency_key: str = "broker"
     end_streams_on_signal: bool = True
     """End open streams as soon as the server gets SIGINT/SIGTERM (see the README)."""
+    direct_writes: bool = True
+    """Write stream events with the app's own ``send``, past the route's middleware
+    (which still sees the response start). False sends every frame through the chain."""
 
     def __post_init__(self) -> None:
         if not self.path.startswith("/"):
@@ -213,6 +216,8 @@ class StreamPlugin(InitPlugin):
 
     @asynccontextmanager
     async def _lifespan(self, app: Litestar) -> AsyncGenerator[None, None]:
+        if self.config.direct_writes:
+            _remember_server_send(app, self.config.path)
         await self.broker.start()
         restore = (
             _end_streams_on_exit_signals(self.broker) if self.config.end_streams_on_signal else None
@@ -232,6 +237,26 @@ class StreamPlugin(InitPlugin):
                 await app(scope, receive, send)
 
         return with_endpoint
+
+
+def _remember_server_send(app: Litestar, stream_path: str) -> None:
+    """Let stream requests write their frames with the app's outermost ``send``.
+
+    Litestar wraps ``send`` once more in every layer (exception handling at the app
+    and the route, each middleware); for a push to thousands of streams those wrappers
+    cost about a third of the CPU. The stream's response start still travels the whole
+    chain (so middleware sees the status and headers, and CORS adds its headers); its
+    event frames go straight to the ``send`` the app itself was given, after the app's
+    ``before_send`` hooks.
+    """
+    inner = app.asgi_handler
+
+    async def remember_send(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["path"] == stream_path:
+            scope["state"][SERVER_SEND_KEY] = send
+        await inner(scope, receive, send)
+
+    app.asgi_handler = remember_send
 
 
 def _transport(config: StreamConfig) -> Transport | None:

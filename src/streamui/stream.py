@@ -39,7 +39,9 @@ if TYPE_CHECKING:
 
     from streamui.broker import Broker, Watcher
 
-__all__ = ["EventStream"]
+__all__ = ["SERVER_SEND_KEY", "EventStream"]
+
+SERVER_SEND_KEY = "streamui.server_send"
 
 logger = logging.getLogger("streamui.stream")
 
@@ -51,7 +53,8 @@ class EventStream:
 
     *greeting*, if given, is called with the opening frame's id and what it returns is
     written right after that frame (the Litestar controller uses it to merge a tab's
-    stream tokens).
+    stream tokens). If ``scope["state"][SERVER_SEND_KEY]`` holds a ``send``, the event
+    frames are written with it instead of the one the app was called with.
     """
 
     __slots__ = (
@@ -103,11 +106,14 @@ class EventStream:
             await send({"type": "http.response.body", "body": body, "more_body": False})
             return
         try:
-            await self._serve(watcher, receive, send)
+            frame_send: Send = scope.get("state", {}).get(SERVER_SEND_KEY) or send
+            await self._serve(watcher, receive, send, frame_send)
         finally:
             await watch.__aexit__(None, None, None)
 
-    async def _serve(self, watcher: Watcher, receive: Receive, send: Send) -> None:
+    async def _serve(
+        self, watcher: Watcher, receive: Receive, send: Send, frame_send: Send
+    ) -> None:
         loop = asyncio.get_running_loop()
         timers: list[asyncio.TimerHandle] = []
 
@@ -124,7 +130,7 @@ class EventStream:
         timers.append(loop.call_later(self._heartbeat, heartbeat))
         if self._max_lifetime is not None:
             timers.append(loop.call_later(self._max_lifetime, watcher.close))
-        writer = _Writer(watcher, send)
+        writer = _Writer(watcher, frame_send)
         watcher.attach(writer.write)
         # This (deep) request task only waits for the disconnect; writes happen in the
         # broker's batch callback (see _Writer). The server answers receive() with
