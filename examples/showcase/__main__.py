@@ -12,10 +12,10 @@ sets the last two for two workers (`examples.showcase.cluster`).
 """
 
 import os
-import sys
 
 import uvicorn
 
+from examples.showcase import address_from_env
 from examples.showcase.app import create_app
 from examples.showcase.sqlite_store import DATABASE_ENV
 from streamui.litestar import NATS_URL_ENV, SECRET_ENV
@@ -24,12 +24,7 @@ DEMO_SECRET = "streamui-showcase-demo-secret-not-for-production"
 
 
 def main() -> None:
-    host = os.environ.get("HOST", "127.0.0.1")
-    port_text = os.environ.get("PORT", "8000")
-    try:
-        port = int(port_text)
-    except ValueError:
-        sys.exit(f"PORT must be a number, got {port_text!r}")
+    host, port = address_from_env()
     database = os.environ.get(DATABASE_ENV) or None
     nats_url = os.environ.get(NATS_URL_ENV) or None
     app = create_app(

@@ -38,6 +38,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Final
 
+from examples.showcase import address_from_env
 from examples.showcase.sqlite_store import DATABASE_ENV, SqliteStore
 from streamui.errors import ConfigurationError
 from streamui.litestar import NATS_URL_ENV, SECRET_ENV
@@ -195,12 +196,7 @@ async def _until_stopped(workers: list[Worker], stop: asyncio.Event) -> int:
 
 
 def main() -> None:
-    host = os.environ.get("HOST", "127.0.0.1")
-    port_text = os.environ.get("PORT", "8000")
-    try:
-        port = int(port_text)
-    except ValueError:
-        sys.exit(f"PORT must be a number, got {port_text!r}")
+    host, port = address_from_env()
     if not 0 < port < 65535:
         sys.exit(f"PORT must be between 1 and 65534 (the workers use PORT and PORT+1), got {port}")
     try:
