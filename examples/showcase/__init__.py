@@ -4,12 +4,12 @@
 to change); `create_app` builds the Litestar app, e.g. for tests.
 """
 
-from examples.showcase.app import create_app
-
-__all__ = ["create_app"]
-
 import os
 import sys
+
+from examples.showcase.app import create_app
+
+__all__ = ["address_from_env", "create_app"]
 
 
 def address_from_env() -> tuple[str, int]:
