@@ -331,8 +331,9 @@ class Broker:
 
     # -- watching --------------------------------------------------------------------
 
-    def next_revision(self) -> int:
-        self._revision = max(self._revision + 1, int(_now() * 1000))
+    def next_revision(self, now: float | None = None) -> int:
+        """A revision larger than every one before, and at least the time in ms."""
+        self._revision = max(self._revision + 1, int((_now() if now is None else now) * 1000))
         return self._revision
 
     @property
@@ -440,10 +441,13 @@ class Broker:
     # -- fan-out (hot path) ----------------------------------------------------------
 
     def _deliver(self, entry: _Pattern, subject: str, payload: bytes) -> None:
+        # Anyone with access to the transport may publish: re-encode every payload so
+        # nothing but one line of JSON ever reaches a stream.
         if payload:
             payload = _canonical_payload(payload, subject)
-        self._remember(subject[len(self.prefix) + 1 :].replace(".", ":"), _now())
-        revision = self.next_revision()
+        now = _now()
+        self._remember(subject[len(self.prefix) + 1 :].replace(".", ":"), now)
+        revision = self.next_revision(now)
         key = entry.key
         for watcher in entry.watchers:
             watcher.mark(key, revision, payload)

@@ -9,7 +9,8 @@ verified the request). What it guarantees:
   records the id without dispatching an event, so even a tab hidden before its first
   invalidation reconnects with ``Last-Event-ID`` and is caught up.
 - Each write carries every change coalesced since the previous write, as one
-  ``datastar-patch-signals`` event with an ``id:``. The writer wakes once per batch.
+  ``datastar-patch-signals`` event with an ``id:``. Writes happen in the broker's one
+  callback per event-loop iteration, not in a task per stream.
 - A comment line is written every *heartbeat* seconds so proxies keep idle streams open.
 - After *max_lifetime* seconds the stream ends cleanly; the client reconnects (and the
   authorization hook runs again).
@@ -18,9 +19,9 @@ verified the request). What it guarantees:
 
 Memory per stream: one `Watcher`, one small writer object, one or two timers; the
 request task itself waits for the disconnect, and no task exists per stream unless a
-write is waiting for a slow client.
-Writes block on the transport's flow control, so a slow reader holds at most one
-coalesced frame in our hands.
+write is waiting for a slow client. A write that waits on the server's flow control
+holds one frame; what changes meanwhile coalesces into the next, so a slow reader
+costs at most two frames of memory.
 """
 
 from __future__ import annotations
