@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 import time
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Final
@@ -47,7 +48,7 @@ from streamui.transports import InProcessTransport, Subscription, Transport
 
 if TYPE_CHECKING:
     import concurrent.futures
-    from collections.abc import Callable, Iterable
+    from collections.abc import Iterable
     from types import TracebackType
     from typing import Self
 
@@ -62,6 +63,8 @@ _RECENT_HORIZON: Final = 120.0
 _CLOCK_MARGIN: Final = 1.0
 """Seconds of clock skew tolerated between the process that rendered and the one that streams."""
 _FRAME_CACHE_LIMIT: Final = 4096
+_MIN_RECONNECT: Final = 1.0
+"""Seconds: the shortest reconnect delay `Broker.end_streams` asks for (Datastar's default)."""
 
 
 def _now() -> float:
@@ -86,12 +89,9 @@ class _Pattern:
 class Watcher:
     """The broker-side state of one stream: what changed since the last write.
 
-    Two ways to write: a writer that *attaches* a callback is called once per event
-    loop iteration in which the watcher changed (the broker batches the calls, so a
-    burst of invalidations becomes one write per stream, and no task is woken); or a
-    writer task awaits `wait`. Either then calls `take` for the bytes to write. A writer
-    that is busy is not called again: changes made meanwhile join the next `take` (that
-    is the coalescing), so the fan-out costs a set insertion per stream.
+    The stream's writer awaits `wait`, then calls `take` for the bytes to write. While
+    the writer is busy (a write waiting on a slow client), changes join the next `take`:
+    that is the coalescing, and it is why the fan-out costs a set insertion per stream.
     """
 
     __slots__ = (
@@ -99,13 +99,12 @@ class Watcher:
         "_broker",
         "_data",
         "_heartbeat_due",
-        "_on_ready",
         "_pending",
-        "_queued",
         "_revision",
         "_waiter",
         "closed",
         "keys",
+        "reconnect_after",
         "scopes",
     )
 
@@ -118,23 +117,11 @@ class Watcher:
         self._revision = 0
         self._heartbeat_due = False
         self._waiter: asyncio.Future[None] | None = None
-        self._on_ready: Callable[[], None] | None = None
-        self._queued = False
         self.closed = False
-
-    def attach(self, on_ready: Callable[[], None] | None) -> None:
-        """Call *on_ready* (soon, on the loop) whenever there is something to `take` or
-        the watcher closed; None detaches."""
-        self._on_ready = on_ready
-        if on_ready is not None and self.ready:
-            self._wake()
+        self.reconnect_after: int | None = None
+        """Milliseconds the browser should wait before it reconnects (set on shutdown)."""
 
     def _wake(self) -> None:
-        if self._on_ready is not None:
-            if not self._queued:
-                self._queued = True
-                self._broker._schedule(self)
-            return
         waiter = self._waiter
         if waiter is not None:
             self._waiter = None
@@ -147,7 +134,7 @@ class Watcher:
         if payload:
             self._data[key] = payload
         self._revision = max(self._revision, revision)
-        if not self._queued:
+        if self._waiter is not None:
             self._wake()
 
     def mark_all(self, revision: int | None = None) -> None:
@@ -160,8 +147,14 @@ class Watcher:
         self._heartbeat_due = True
         self._wake()
 
-    def close(self) -> None:
-        """End the stream: its writer wakes, sees `closed` and returns."""
+    def close(self, *, reconnect_after: int | None = None) -> None:
+        """End the stream: its writer wakes, sees `closed` and returns.
+
+        *reconnect_after* (ms), if given, is sent to the browser as the delay before it
+        reconnects.
+        """
+        if not self.closed and reconnect_after is not None:
+            self.reconnect_after = reconnect_after
         self.closed = True
         self._wake()
 
@@ -215,9 +208,6 @@ class Broker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started_at = float("inf")
         self._closed = False
-        # Watchers with something to write, handed to their writers once per loop
-        # iteration (one callback for the whole batch, not a task wake-up per stream).
-        self._ready: list[Watcher] = []
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -246,14 +236,26 @@ class Broker:
             await self.transport.close()
         self._loop = None
 
-    def end_streams(self) -> None:
+    def end_streams(self, *, reconnect_within: float | None = None) -> None:
         """End every open stream cleanly, keeping the broker running.
 
         Browsers reconnect (to this process or another). Used when the server starts
-        shutting down, so open streams do not hold the shutdown up.
+        shutting down, so open streams do not hold the shutdown up. With
+        *reconnect_within* (seconds), each browser is told to wait a random delay
+        between one second and that long before it reconnects, so that thousands of
+        tabs do not reconnect to the next server in the same instant.
         """
         for watcher in list(self._watchers):
-            watcher.close()
+            delay = None
+            if reconnect_within is not None:
+                delay = int(
+                    1000
+                    * (
+                        _MIN_RECONNECT
+                        + random.random() * max(0.0, reconnect_within - _MIN_RECONNECT)
+                    )
+                )
+            watcher.close(reconnect_after=delay)
 
     def _resync(self) -> None:
         """After the transport reconnected: push every scope of every stream once.
@@ -451,22 +453,6 @@ class Broker:
         key = entry.key
         for watcher in entry.watchers:
             watcher.mark(key, revision, payload)
-
-    def _schedule(self, watcher: Watcher) -> None:
-        if not self._ready:
-            asyncio.get_running_loop().call_soon(self._hand_over)
-        self._ready.append(watcher)
-
-    def _hand_over(self) -> None:
-        ready, self._ready = self._ready, []
-        for watcher in ready:
-            watcher._queued = False
-            on_ready = watcher._on_ready
-            if on_ready is not None:
-                try:
-                    on_ready()
-                except Exception:  # one broken writer must not starve the others
-                    logger.exception("a stream writer failed")
 
     def _remember(self, concrete: str, when: float) -> None:
         recent = self._recent

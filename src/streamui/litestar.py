@@ -16,26 +16,29 @@ bad input.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import logging
+import multiprocessing
 import os
+import re
 import signal
 import threading
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from litestar import Controller, Request, get
 from litestar.di import Provide
-from litestar.exceptions import ClientException, PermissionDeniedException
+from litestar.exceptions import ClientException, NotFoundException, PermissionDeniedException
 from litestar.plugins import InitPlugin
 
 from streamui.broker import Broker
 from streamui.components import StreamEndpoint, merge_tokens, use_endpoint
 from streamui.errors import ConfigurationError, InvalidTokenError
 from streamui.scopes import DEFAULT_PREFIX
-from streamui.stream import SERVER_SEND_KEY, EventStream
+from streamui.stream import EventStream
 from streamui.tokens import TokenSigner
 
 if TYPE_CHECKING:
@@ -43,6 +46,7 @@ if TYPE_CHECKING:
 
     from litestar import Litestar
     from litestar.config.app import AppConfig
+    from litestar.config.compression import CompressionConfig
     from litestar.types import ASGIApp, Receive, Scope, Send
 
     from streamui.transports import Transport
@@ -95,10 +99,15 @@ class StreamConfig:
     authorize: Authorize | None = None
     dependency_key: str = "broker"
     end_streams_on_signal: bool = True
-    """End open streams as soon as the server gets SIGINT/SIGTERM (see the README)."""
-    direct_writes: bool = True
-    """Write stream events with the app's own ``send``, past the route's middleware
-    (which still sees the response start). False sends every frame through the chain."""
+    """End open streams as soon as the server starts shutting down (SIGINT/SIGTERM, or
+    hypercorn's signal to its worker processes); see the README."""
+    reconnect_spread: float = 5.0
+    """Seconds: streams ended by a shutdown tell each browser to reconnect after a
+    random delay between 1 s and this, so a restart does not arrive as one spike."""
+    compress: bool = False
+    """Let the app's Litestar compression (``compression_config``) compress the stream.
+    Off by default: events are ~100 bytes, and a compressed stream keeps a compressor
+    per open stream (zlib: ~256 KB each) and compresses every event once per stream."""
 
     def __post_init__(self) -> None:
         if not self.path.startswith("/"):
@@ -110,6 +119,10 @@ class StreamConfig:
             raise ConfigurationError(f"heartbeat must be positive seconds, got {self.heartbeat!r}")
         if self.max_lifetime is not None and self.max_lifetime <= 0:
             raise ConfigurationError(f"max_lifetime must be positive, got {self.max_lifetime!r}")
+        if self.reconnect_spread < 0:
+            raise ConfigurationError(
+                f"reconnect_spread must be zero or positive seconds, got {self.reconnect_spread!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -129,6 +142,10 @@ class StreamController(Controller):
     async def stream(self, request: Request[Any, Any, Any]) -> ASGIApp:
         state: _State = request.app.state[_STATE_KEY]
         config = state.config
+        if not _is_exact_path(request, config.path):
+            # Litestar also routes //path, path/ and path%2F here; a proxy rule that
+            # matches the exact path must not be sidestepped by another spelling.
+            raise NotFoundException(f"the stream is served at {config.path!r} only")
         tokens = [token for token in request.query_params.getall("t", []) if token]
         if not tokens:
             raise ClientException("missing stream token: the URL needs ?t=<token> from Connect()")
@@ -212,21 +229,25 @@ class StreamPlugin(InitPlugin):
         # (which may invalidate) and still up while they shut down.
         app_config.lifespan.insert(0, self._lifespan)
         app_config.middleware.insert(0, self._middleware)
+        if app_config.compression_config is not None and not self.config.compress:
+            app_config.compression_config = _exclude_path(
+                app_config.compression_config, self.config.path
+            )
         return app_config
 
     @asynccontextmanager
     async def _lifespan(self, app: Litestar) -> AsyncGenerator[None, None]:
-        if self.config.direct_writes:
-            _remember_server_send(app, self.config.path)
         await self.broker.start()
-        restore = (
-            _end_streams_on_exit_signals(self.broker) if self.config.end_streams_on_signal else None
+        stop_watching = (
+            _end_streams_on_shutdown(self.broker, self.config.reconnect_spread)
+            if self.config.end_streams_on_signal
+            else None
         )
         try:
             yield
         finally:
-            if restore is not None:
-                restore()
+            if stop_watching is not None:
+                stop_watching()
             await self.broker.close()
 
     def _middleware(self, app: ASGIApp) -> ASGIApp:
@@ -239,24 +260,22 @@ class StreamPlugin(InitPlugin):
         return with_endpoint
 
 
-def _remember_server_send(app: Litestar, stream_path: str) -> None:
-    """Let stream requests write their frames with the app's outermost ``send``.
+def _is_exact_path(request: Request[Any, Any, Any], path: str) -> bool:
+    """True when the request names *path* exactly: no doubled, trailing or encoded slash."""
+    scope = request.scope
+    root = scope.get("root_path", "")
+    allowed = (path, root + path)
+    if scope["path"] not in allowed:
+        return False
+    raw = scope.get("raw_path")  # optional in ASGI; the bytes as the client sent them
+    return raw is None or raw.decode("latin-1").partition("?")[0] in allowed
 
-    Litestar wraps ``send`` once more in every layer (exception handling at the app
-    and the route, each middleware); for a push to thousands of streams those wrappers
-    cost about a third of the CPU. The stream's response start still travels the whole
-    chain (so middleware sees the status and headers, and CORS adds its headers); its
-    event frames go straight to the ``send`` the app itself was given, after the app's
-    ``before_send`` hooks.
-    """
-    inner = app.asgi_handler
 
-    async def remember_send(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["path"] == stream_path:
-            scope["state"][SERVER_SEND_KEY] = send
-        await inner(scope, receive, send)
-
-    app.asgi_handler = remember_send
+def _exclude_path(compression: CompressionConfig, path: str) -> CompressionConfig:
+    """*compression* with the stream's path added to what it leaves alone."""
+    exclude = compression.exclude
+    patterns = [exclude] if isinstance(exclude, str) else list(exclude or ())
+    return dataclasses.replace(compression, exclude=[*patterns, f"^{re.escape(path)}$"])
 
 
 def _transport(config: StreamConfig) -> Transport | None:
@@ -267,22 +286,82 @@ def _transport(config: StreamConfig) -> Transport | None:
     return NatsTransport(servers=config.nats_url, **config.nats_options)
 
 
-def _end_streams_on_exit_signals(broker: Broker) -> Callable[[], None] | None:
-    """Chain a SIGINT/SIGTERM handler that ends every stream, then calls the server's.
+def _end_streams_on_shutdown(broker: Broker, spread: float) -> Callable[[], None]:
+    """End every stream as soon as the server starts shutting down; returns an undo.
 
     ASGI servers finish open connections before they run the lifespan shutdown (where
     the broker closes), and an SSE stream never finishes by itself: without this a
     shutdown waits for the server's graceful timeout (uvicorn's default: forever).
-    Only the handlers installed by Python code are chained (uvicorn and hypercorn
-    install theirs with signal.signal); returns a function that restores them.
+    Servers tell a worker to stop in one of two ways, and both are watched:
+
+    - a SIGINT/SIGTERM delivered to this process (uvicorn, granian, hypercorn with
+      ``--workers 0``): a handler is chained before the server's own;
+    - hypercorn's worker processes get no signal: the parent sets a multiprocessing
+      event, passed to the worker function as ``shutdown_event``, which hypercorn
+      polls; it is polled here too.
+    """
+    loop = asyncio.get_running_loop()
+
+    def end_streams() -> None:
+        broker.end_streams(reconnect_within=spread)
+
+    undo = [_chain_exit_signals(loop, end_streams)]
+    event = _parent_shutdown_event()
+    if event is not None:
+
+        async def poll() -> None:
+            # A multiprocessing event offers no awaitable: poll it, as hypercorn does.
+            while not event.is_set():  # noqa: ASYNC110
+                await asyncio.sleep(_SHUTDOWN_POLL)
+            end_streams()
+
+        poller = loop.create_task(poll())
+
+        def stop_polling() -> None:
+            poller.cancel()
+
+        undo.append(stop_polling)
+
+    def stop() -> None:
+        for step in undo:
+            if step is not None:
+                step()
+
+    return stop
+
+
+_SHUTDOWN_POLL = 0.1
+"""Seconds between two looks at a parent's shutdown event (hypercorn polls as often)."""
+
+
+class _SettableEvent(Protocol):
+    def is_set(self) -> bool: ...
+
+
+def _parent_shutdown_event() -> _SettableEvent | None:
+    """The ``shutdown_event`` a parent process handed this worker process, if any."""
+    if multiprocessing.parent_process() is None:
+        return None
+    kwargs = getattr(multiprocessing.current_process(), "_kwargs", None)
+    event = kwargs.get("shutdown_event") if isinstance(kwargs, dict) else None
+    return event if callable(getattr(event, "is_set", None)) else None
+
+
+def _chain_exit_signals(
+    loop: asyncio.AbstractEventLoop, end_streams: Callable[[], None]
+) -> Callable[[], None] | None:
+    """Chain a SIGINT/SIGTERM handler that calls *end_streams*, then the server's.
+
+    Only handlers installed from Python are chained (uvicorn's, and the no-op that
+    asyncio and uvloop install for ``loop.add_signal_handler``, whose real handler
+    still runs). Returns a function that restores them.
     """
     if threading.current_thread() is not threading.main_thread():
         return None
-    loop = asyncio.get_running_loop()
     previous: dict[signal.Signals, Callable[[int, FrameType | None], Any]] = {}
 
     def handler(signum: int, frame: FrameType | None) -> None:
-        loop.call_soon_threadsafe(broker.end_streams)
+        loop.call_soon_threadsafe(end_streams)
         chained = previous.get(signal.Signals(signum))
         if chained is not None:
             chained(signum, frame)

@@ -5,48 +5,58 @@ verified the request). What it guarantees:
 
 - Upstream subscriptions are taken before the response starts; if that fails the
   client gets a 503 with a reason, never a half-open stream.
-- The first bytes are an id-only frame (``id: <revision>``): the browser's SSE parser
-  records the id without dispatching an event, so even a tab hidden before its first
-  invalidation reconnects with ``Last-Event-ID`` and is caught up.
+- Every frame is written with ``await send(message)`` from the request's own task, so
+  it passes every middleware of the app (compression, CORS, sessions, ...) exactly as
+  any other response body would, on any ASGI server.
+- The first bytes are an id-only frame (``id: <revision>`` and ``retry:``): the
+  browser's SSE parser records the id without dispatching an event, so even a tab
+  hidden before its first invalidation reconnects with ``Last-Event-ID`` and is
+  caught up.
 - Each write carries every change coalesced since the previous write, as one
-  ``datastar-patch-signals`` event with an ``id:``. Writes happen in the broker's one
-  callback per event-loop iteration, not in a task per stream.
+  ``datastar-patch-signals`` event with an ``id:``.
 - A comment line is written every *heartbeat* seconds so proxies keep idle streams open.
-- After *max_lifetime* seconds the stream ends cleanly; the client reconnects (and the
-  authorization hook runs again).
+- When the server ends the stream (shutdown, *max_lifetime*, broker closed), the body
+  is completed cleanly, so the browser reconnects; on shutdown the last frame carries
+  a ``retry:`` delay chosen by the broker, so many tabs do not reconnect at once.
+- A write that fails ends the stream. A client that left is normal (DEBUG); any other
+  failure is logged at WARNING with the reason. A stream is never left open but deaf.
 - When the client disconnects, the server cancels, or the broker closes, every
   subscription is released (the ``async with broker.watch(...)`` block always exits).
 
-Memory per stream: one `Watcher`, one small writer object, one or two timers; the
-request task itself waits for the disconnect, and no task exists per stream unless a
-write is waiting for a slow client. A write that waits on the server's flow control
-holds one frame; what changes meanwhile coalesces into the next, so a slow reader
-costs at most two frames of memory.
+Memory per stream: one `Watcher`, the request task (which writes) and one idle task
+waiting for the disconnect, one or two timers. A write that waits on the server's flow
+control holds one frame; what changes meanwhile coalesces into the next, so a slow
+reader costs at most two frames of memory.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Final
 
 from datastar_py.sse import SSE_HEADERS
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Generator, Sequence
+    from collections.abc import Callable, Sequence
 
     from litestar.types import Receive, Scope, Send
 
     from streamui.broker import Broker, Watcher
 
-__all__ = ["SERVER_SEND_KEY", "EventStream"]
-
-SERVER_SEND_KEY = "streamui.server_send"
+__all__ = ["RETRY_MS", "EventStream"]
 
 logger = logging.getLogger("streamui.stream")
 
-_HEADERS = [(name.lower().encode(), value.encode()) for name, value in SSE_HEADERS.items()]
+_HEADERS: Final = [(name.lower().encode(), value.encode()) for name, value in SSE_HEADERS.items()]
+
+RETRY_MS: Final = 1000
+"""The reconnect delay every stream announces when it opens (Datastar's default). It
+resets a longer delay that a stream ended by a shutdown may have asked for."""
+
+
+class _ClientLeft(Exception):
+    """The client disconnected while a frame was being written."""
 
 
 class EventStream:
@@ -54,8 +64,7 @@ class EventStream:
 
     *greeting*, if given, is called with the opening frame's id and what it returns is
     written right after that frame (the Litestar controller uses it to merge a tab's
-    stream tokens). If ``scope["state"][SERVER_SEND_KEY]`` holds a ``send``, the event
-    frames are written with it instead of the one the app was called with.
+    stream tokens).
     """
 
     __slots__ = (
@@ -107,119 +116,89 @@ class EventStream:
             await send({"type": "http.response.body", "body": body, "more_body": False})
             return
         try:
-            frame_send: Send = scope.get("state", {}).get(SERVER_SEND_KEY) or send
-            await self._serve(watcher, receive, send, frame_send)
+            await self._serve(watcher, receive, send)
         finally:
             await watch.__aexit__(None, None, None)
 
-    async def _serve(
-        self, watcher: Watcher, receive: Receive, send: Send, frame_send: Send
-    ) -> None:
+    async def _serve(self, watcher: Watcher, receive: Receive, send: Send) -> None:
         loop = asyncio.get_running_loop()
+        # The server answers receive() with http.disconnect when the client leaves (or
+        # once the response is complete). An idle stream writes nothing for long
+        # stretches, so only this listener notices a client that left in time to
+        # release its subscriptions.
+        listener = loop.create_task(_until_disconnect(receive, watcher))
         timers: list[asyncio.TimerHandle] = []
 
         def heartbeat() -> None:
             watcher.heartbeat()
             timers[0] = loop.call_later(self._heartbeat, heartbeat)
 
-        await send({"type": "http.response.start", "status": 200, "headers": _HEADERS})
-        opening_id = str(self._broker.revision or self._broker.next_revision())
-        opening = f"id: {opening_id}\n\n".encode()
-        if self._greeting is not None:
-            opening += self._greeting(opening_id)
-        await send({"type": "http.response.body", "body": opening, "more_body": True})
-        timers.append(loop.call_later(self._heartbeat, heartbeat))
-        if self._max_lifetime is not None:
-            timers.append(loop.call_later(self._max_lifetime, watcher.close))
-        writer = _Writer(watcher, frame_send)
-        watcher.attach(writer.write)
-        # This (deep) request task only waits for the disconnect; writes happen in the
-        # broker's batch callback (see _Writer). The server answers receive() with
-        # http.disconnect when the client leaves, or once the response is complete.
         try:
-            while (await receive())["type"] != "http.disconnect":
-                pass
+            await _write(
+                listener, send, {"type": "http.response.start", "status": 200, "headers": _HEADERS}
+            )
+            opening_id = str(self._broker.revision or self._broker.next_revision())
+            opening = f"id: {opening_id}\nretry: {RETRY_MS}\n\n".encode()
+            if self._greeting is not None:
+                opening += self._greeting(opening_id)
+            await _write(listener, send, _body(opening, more=True))
+            timers.append(loop.call_later(self._heartbeat, heartbeat))
+            if self._max_lifetime is not None:
+                timers.append(loop.call_later(self._max_lifetime, watcher.close))
+            while True:
+                await watcher.wait()
+                if watcher.closed:
+                    break
+                frame = watcher.take()
+                if frame:
+                    await _write(listener, send, _body(frame, more=True))
+            if not listener.done():  # ended by the server: complete the body cleanly
+                last = b""
+                if watcher.reconnect_after is not None:
+                    last = f"retry: {watcher.reconnect_after}\n\n".encode()
+                await _write(listener, send, _body(last, more=False))
+        except _ClientLeft:
+            pass
+        except Exception as error:
+            # Not a client that left: a server, middleware or proxy refused the write.
+            # The stream ends (the browser reconnects); the next connection may work.
+            logger.warning(
+                "stream write failed, ending the stream: %s: %s", type(error).__name__, error
+            )
         finally:
             for timer in timers:
                 timer.cancel()
-            watcher.attach(None)
+            listener.cancel()
             watcher.close()
-            await writer.stop()
 
 
-class _Writer:
-    """Writes a watcher's frames without a task of its own (the hot path).
+def _body(frame: bytes, *, more: bool) -> dict[str, object]:
+    return {"type": "http.response.body", "body": frame, "more_body": more}
 
-    `write` runs in the broker's batch callback: it takes the pending frame and steps
-    the server's ``send`` coroutine by hand. An unthrottled write completes in that one
-    step (uvicorn writes to the socket and returns), so a push costs no task switch.
-    A write that must wait (the client reads slowly, flow control paused the socket) is
-    finished by a task, which then writes whatever coalesced meanwhile, in order.
-    """
 
-    __slots__ = ("_done", "_send", "_task", "_watcher")
+async def _write(listener: asyncio.Task[None], send: Send, message: dict[str, object]) -> None:
+    """``await send(message)``; raise `_ClientLeft` if it failed because the client left."""
+    try:
+        await send(message)  # type: ignore[arg-type]
+    except OSError as error:  # ECONNRESET, EPIPE, a server's "client disconnected"
+        logger.debug("stream write failed, the client left: %r", error)
+        raise _ClientLeft from error
+    except Exception as error:
+        if listener.done():  # the failure followed a disconnect: the client left
+            logger.debug("stream write failed after the client left: %r", error)
+            raise _ClientLeft from error
+        raise
+    if listener.done() and not listener.cancelled():
+        raise _ClientLeft  # some servers drop writes after a disconnect without a word
 
-    def __init__(self, watcher: Watcher, send: Send) -> None:
-        self._watcher = watcher
-        self._send = send
-        self._task: asyncio.Task[None] | None = None
-        self._done = False
 
-    def write(self) -> None:
-        if self._task is not None or self._done:
-            return  # a write is in flight: it writes what is pending when it finishes
-        watcher = self._watcher
-        more = not watcher.closed
-        frame = watcher.take() if more else b""
-        if more and not frame:
-            return
-        self._done = not more
-        step = self._send(
-            {"type": "http.response.body", "body": frame, "more_body": more}
-        ).__await__()
-        try:
-            awaiting = step.send(None)
-        except StopIteration:
-            return
-        except Exception as error:  # the client went away mid-write (servers differ)
-            self._fail(error)
-            return
-        self._task = asyncio.get_running_loop().create_task(self._finish(step, awaiting))
-
-    async def _finish(self, step: Generator[Any, None, None], awaiting: Any) -> None:
-        """Drive a suspended ``send`` to its end as a task would, then write on."""
-        try:
-            while True:
-                if awaiting is None:  # a bare yield: give the loop one turn
-                    await asyncio.sleep(0)
-                else:
-                    awaiting._asyncio_future_blocking = False
-                    await asyncio.wait((awaiting,))
-                try:
-                    awaiting = step.send(None)
-                except StopIteration:
-                    break
-        except asyncio.CancelledError:
-            step.close()
-            raise
-        except Exception as error:
-            self._fail(error)
-            return
-        finally:
-            self._task = None
-        if self._watcher.ready:
-            self.write()
-
-    def _fail(self, error: Exception) -> None:
-        logger.debug("stream write failed: %r", error)
-        self._done = True
-        self._watcher.attach(None)
-
-    async def stop(self) -> None:
-        """No more writes; cancel one in flight (the client is gone)."""
-        self._done = True
-        task = self._task
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+async def _until_disconnect(receive: Receive, watcher: Watcher) -> None:
+    """Return once the client left; closing the watcher wakes the writer."""
+    try:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+    except asyncio.CancelledError:
+        raise
+    except Exception as error:  # a server that fails receive() once the client is gone
+        logger.debug("receive() failed, taking the client as gone: %r", error)
+    watcher.close()
