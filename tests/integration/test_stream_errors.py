@@ -350,3 +350,24 @@ async def test_transport_failure_is_503_and_releases_what_was_subscribed(start: 
         await live.broker.invalidate("rows:1:2")
         push = await stream.next_push()
         assert push.signals == {"_stream": {"rows_REST": push.revision}}
+
+
+# -- paths ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    ["/" + PATH, PATH + "/", PATH + "%2F", PATH + "%2f", "/streamui%2Fstream", "/streamui//stream"],
+)
+async def test_only_the_exact_path_serves_the_stream(live: Live, spelling: str) -> None:
+    # A proxy rule that matches the exact path (auth, rate limits, buffering) must not be
+    # sidestepped by another spelling of it that the router would also accept.
+    query = "?t=" + page_token(await live.page("invoice:1"))
+    request = live.client.build_request("GET", PATH)
+    # Sent byte for byte: no client-side normalisation of the path.
+    request.url = request.url.copy_with(raw_path=(spelling + query).encode())
+    response = await live.client.send(request)
+    assert response.status_code == 404, (spelling, response.status_code, response.text)
+    nothing_held(live)
+    async with live.stream(PATH + query) as stream:  # the exact path still serves it
+        assert stream.opening_id > 0
