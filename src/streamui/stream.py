@@ -32,6 +32,7 @@ reader costs at most two frames of memory.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import TYPE_CHECKING, Final
 
@@ -165,6 +166,10 @@ class EventStream:
             logger.warning(
                 "stream write failed, ending the stream: %s: %s", type(error).__name__, error
             )
+            # Try to complete the body, so the server closes the response cleanly; if
+            # that fails too, the server closes the connection (and may say so).
+            with contextlib.suppress(Exception):
+                await send(_body(b"", more=False))  # type: ignore[arg-type]
         finally:
             for timer in timers:
                 timer.cancel()
