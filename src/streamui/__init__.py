@@ -28,6 +28,7 @@ from streamui.errors import (
     ConfigurationError,
     InvalidScopeError,
     InvalidTokenError,
+    PayloadTooLargeError,
     StreamUIError,
 )
 from streamui.scopes import (
@@ -69,6 +70,7 @@ __all__ = [
     "InvalidScopeError",
     "InvalidTokenError",
     "JoinStream",
+    "PayloadTooLargeError",
     "StreamEndpoint",
     "StreamToken",
     "StreamUIError",

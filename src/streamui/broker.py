@@ -9,8 +9,15 @@ Guarantees:
   transport. Fan-out of one message costs O(streams watching that pattern).
 - Each stream's state is one small `Watcher`: the set of keys changed since its last
   write, the payloads of those changes, and the largest revision. Memory per stream is
-  bounded by the number of scopes it watches, whatever the client's read speed; changes
-  that arrive while a write is in flight coalesce into the next frame.
+  bounded by the number of scopes it watches (times ``max_data_bytes`` for payloads),
+  whatever the client's read speed; changes that arrive while a write is in flight
+  coalesce into the next frame.
+- Memory is bounded by bytes, not only counts: the shared frame cache keeps at most
+  4 MiB (oldest frames go first; a single larger frame is kept alone), the log of recent
+  invalidations at most 2 MiB (what it forgets falls back to pushing every scope).
+- ``data`` is at most ``max_data_bytes`` of JSON (64 KiB by default): `invalidate`
+  raises `PayloadTooLargeError` and sends nothing; a larger payload received from the
+  transport is logged at WARNING and delivered as a plain invalidation.
 - Revisions increase strictly within a broker and are seeded from the wall clock in
   milliseconds, so a reconnected tab (possibly served by another process) still sees a
   larger value than the one it has.
@@ -27,13 +34,14 @@ import asyncio
 import json
 import logging
 import random
+import reprlib
 import time
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Final
 
 from datastar_py import ServerSentEventGenerator
 
-from streamui.errors import BrokerStateError
+from streamui.errors import BrokerStateError, ConfigurationError, PayloadTooLargeError
 from streamui.scopes import (
     DATA_NAMESPACE,
     DEFAULT_PREFIX,
@@ -56,13 +64,23 @@ __all__ = ["Broker", "Watcher"]
 
 logger = logging.getLogger("streamui.broker")
 
-_RECENT_LIMIT: Final = 10_000
-"""How many recently invalidated scopes the broker remembers for first-connect catch-up."""
+_RECENT_BUDGET: Final = 2 * 1024 * 1024
+"""Bytes of recently invalidated scopes the broker remembers for first-connect catch-up:
+about 11,000 short scopes, 5,000 of the longest (an entry costs its scope's length plus
+`_RECENT_ENTRY_OVERHEAD`)."""
+_RECENT_ENTRY_OVERHEAD: Final = 160
+"""Bytes an entry of the log costs besides its scope's characters (str and float objects,
+ordered-dict slots; ~150 measured with tracemalloc)."""
 _RECENT_HORIZON: Final = 120.0
 """Seconds a remembered invalidation stays useful; older tokens get every scope pushed."""
 _CLOCK_MARGIN: Final = 1.0
 """Seconds of clock skew tolerated between the process that rendered and the one that streams."""
-_FRAME_CACHE_LIMIT: Final = 4096
+_FRAME_BUDGET: Final = 4 * 1024 * 1024
+"""Bytes of built frames kept for sharing between streams: some 11,000 plain events, or
+a few dozen carrying ~64 KiB of data each (a frame is shared only around its revision)."""
+_FRAME_ENTRY_OVERHEAD: Final = 256
+"""Bytes a cached frame costs besides its length (its key tuple, bytes header, dict slot)."""
+_DEFAULT_MAX_DATA_BYTES: Final = 65_536
 _MIN_RECONNECT: Final = 1.0
 """Seconds: the shortest reconnect delay `Broker.end_streams` asks for (Datastar's default)."""
 
@@ -113,7 +131,7 @@ class Watcher:
         self.scopes = scopes
         self.keys = tuple(scope_key(value) for value in scopes)
         self._pending: set[str] = set()
-        self._data: dict[str, bytes] = {}
+        self._data: dict[str, tuple[int, bytes]] = {}
         self._revision = 0
         self._heartbeat_due = False
         self._waiter: asyncio.Future[None] | None = None
@@ -129,10 +147,14 @@ class Watcher:
                 waiter.set_result(None)
 
     def mark(self, key: str, revision: int, payload: bytes) -> None:
-        """Record that *key* changed; called by the broker's fan-out (hot path)."""
+        """Record that *key* changed; called by the broker's fan-out (hot path).
+
+        A non-empty *payload* is the one carried by the message of *revision*: the frame
+        cache names payloads by (key, revision), so one revision has one payload per key.
+        """
         self._pending.add(key)
         if payload:
-            self._data[key] = payload
+            self._data[key] = (revision, payload)
         self._revision = max(self._revision, revision)
         if self._waiter is not None:
             self._wake()
@@ -195,15 +217,33 @@ class Broker:
     context manager, or call `start` and `close` (the Litestar plugin does it for you).
     """
 
-    def __init__(self, transport: Transport | None = None, *, prefix: str = DEFAULT_PREFIX) -> None:
+    def __init__(
+        self,
+        transport: Transport | None = None,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        max_data_bytes: int = _DEFAULT_MAX_DATA_BYTES,
+    ) -> None:
+        if isinstance(max_data_bytes, bool) or not isinstance(max_data_bytes, int):
+            raise ConfigurationError(f"max_data_bytes must be an int, got {max_data_bytes!r}")
+        if max_data_bytes < 1:
+            raise ConfigurationError(
+                f"max_data_bytes must be a positive number of bytes, got {max_data_bytes!r}"
+            )
         self.transport: Transport = transport if transport is not None else InProcessTransport()
         self.prefix = validate_prefix(prefix)
+        self.max_data_bytes = max_data_bytes
+        """The largest ``data`` payload, in bytes of JSON, sent or delivered."""
         self._patterns: dict[str, _Pattern] = {}
         self._watchers: set[Watcher] = set()
         self._revision = 0
-        self._frames: dict[tuple[object, ...], bytes] = {}
-        # Concrete scopes invalidated recently, oldest first, with the time seen.
+        # Built frames, oldest first, and what they cost against _FRAME_BUDGET.
+        self._frames: OrderedDict[tuple[object, ...], bytes] = OrderedDict()
+        self._frame_bytes = 0
+        # Concrete scopes invalidated recently, oldest first, with the time seen; what
+        # they cost against _RECENT_BUDGET; and the time of the newest one forgotten.
         self._recent: OrderedDict[str, float] = OrderedDict()
+        self._recent_bytes = 0
         self._recent_floor = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started_at = float("inf")
@@ -295,8 +335,9 @@ class Broker:
     async def invalidate(self, scope: str, *, data: object = None) -> None:
         """Tell every tab watching a scope that matches *scope* to reload.
 
-        *data*, if given, must be JSON-serializable; it is set as ``_streamData.<key>``
-        in each tab before the revision changes.
+        *data*, if given, must be JSON-serializable and encode to at most
+        ``max_data_bytes`` (else `PayloadTooLargeError`, and nothing is sent); it is set
+        as ``_streamData.<key>`` in each tab before the revision changes.
         """
         await self.invalidate_many((scope,), data=data)
 
@@ -308,7 +349,7 @@ class Broker:
                 "use invalidate() for one scope"
             )
         concrete = [validate_scope(value, allow_wildcards=False) for value in scopes]
-        payload = _encode_data(data)
+        payload = _encode_data(data, self.max_data_bytes)
         self._require_started()
         for value in concrete:
             self._remember(value, _now())
@@ -325,7 +366,7 @@ class Broker:
         """
         for value in scopes:
             validate_scope(value, allow_wildcards=False)
-        _encode_data(data)
+        _encode_data(data, self.max_data_bytes)
         loop = self._require_started()
         future = asyncio.run_coroutine_threadsafe(self.invalidate_many(scopes, data=data), loop)
         future.add_done_callback(_log_failure)
@@ -342,6 +383,11 @@ class Broker:
     def revision(self) -> int:
         """The last revision handed out (0 before any)."""
         return self._revision
+
+    @property
+    def started_at(self) -> float | None:
+        """Unix time at which `start` completed (None before)."""
+        return None if self._started_at == float("inf") else self._started_at
 
     def watch(
         self, scopes: Iterable[str], *, rendered_at: float | None = None, resume: bool = False
@@ -444,9 +490,23 @@ class Broker:
 
     def _deliver(self, entry: _Pattern, subject: str, payload: bytes) -> None:
         # Anyone with access to the transport may publish: re-encode every payload so
-        # nothing but one line of JSON ever reaches a stream.
+        # nothing but one line of JSON ever reaches a stream, and none over the limit
+        # (checked before parsing, and again after: escaping may lengthen it).
         if payload:
-            payload = _canonical_payload(payload, subject)
+            limit = self.max_data_bytes
+            size = len(payload)
+            if size <= limit:
+                payload = _canonical_payload(payload, subject)
+                size = len(payload)
+            if size > limit:
+                logger.warning(
+                    "dropping the payload on %r: %d bytes, over max_data_bytes=%d; "
+                    "delivering a plain invalidation",
+                    subject,
+                    size,
+                    limit,
+                )
+                payload = b""
         now = _now()
         self._remember(subject[len(self.prefix) + 1 :].replace(".", ":"), now)
         revision = self.next_revision(now)
@@ -456,30 +516,47 @@ class Broker:
 
     def _remember(self, concrete: str, when: float) -> None:
         recent = self._recent
+        known = len(recent)
         recent[concrete] = when
         recent.move_to_end(concrete)
-        if len(recent) > _RECENT_LIMIT:
-            _, self._recent_floor = recent.popitem(last=False)
+        if len(recent) > known:
+            self._recent_bytes += len(concrete) + _RECENT_ENTRY_OVERHEAD
+            # Forgetting raises the floor: a render older than the newest forgotten
+            # invalidation cannot tell what changed, so its catch-up pushes everything.
+            while self._recent_bytes > _RECENT_BUDGET:
+                forgotten, self._recent_floor = recent.popitem(last=False)
+                self._recent_bytes -= len(forgotten) + _RECENT_ENTRY_OVERHEAD
 
-    def _frame(self, keys: tuple[str, ...], revision: int, data: dict[str, bytes]) -> bytes:
-        """One patch-signals event, built once per (keys, revision, data) and shared."""
+    def _frame(
+        self, keys: tuple[str, ...], revision: int, data: dict[str, tuple[int, bytes]]
+    ) -> bytes:
+        """One patch-signals event, built once per (keys, revision, payloads) and shared.
+
+        The cache key names each payload by (key, revision that carried it), not by its
+        bytes, so a cached payload is kept once: inside its frame.
+        """
+        items = sorted(data.items()) if data else ()
         cache_key: tuple[object, ...] = (
-            (keys, revision, *sorted(data.items())) if data else (keys, revision)
+            (keys, revision, *((key, carried) for key, (carried, _) in items))
+            if items
+            else (keys, revision)
         )
         frame = self._frames.get(cache_key)
         if frame is None:
-            if len(self._frames) >= _FRAME_CACHE_LIMIT:
-                self._frames.clear()
             revisions = ",".join(f'"{key}":{revision}' for key in keys)
             signals = f'{{"{SIGNAL_NAMESPACE}":{{{revisions}}}'
-            if data:
-                values = ",".join(
-                    f'"{key}":{value.decode()}' for key, value in sorted(data.items())
-                )
+            if items:
+                values = ",".join(f'"{key}":{value.decode()}' for key, (_, value) in items)
                 signals += f',"{DATA_NAMESPACE}":{{{values}}}'
             signals += "}"
             event = ServerSentEventGenerator.patch_signals(signals, event_id=str(revision))
             frame = self._frames[cache_key] = event.encode()
+            self._frame_bytes += len(frame) + _FRAME_ENTRY_OVERHEAD
+            # Oldest first, never the frame just built: a frame is wanted around its
+            # own revision, by the streams waking for it now.
+            while self._frame_bytes > _FRAME_BUDGET and len(self._frames) > 1:
+                _, evicted = self._frames.popitem(last=False)
+                self._frame_bytes -= len(evicted) + _FRAME_ENTRY_OVERHEAD
         return frame
 
 
@@ -514,13 +591,21 @@ class _Watch:
         await self._broker._detach(self._watcher)
 
 
-def _encode_data(data: object) -> bytes:
+def _encode_data(data: object, limit: int) -> bytes:
+    """*data* as compact JSON (b"" for None), at most *limit* bytes."""
     if data is None:
         return b""
     try:
-        return json.dumps(data, separators=(",", ":"), allow_nan=False).encode()
+        payload = json.dumps(data, separators=(",", ":"), allow_nan=False).encode()
     except (TypeError, ValueError) as error:
         raise TypeError(f"data must be JSON-serializable, got {data!r}: {error}") from None
+    if len(payload) > limit:
+        raise PayloadTooLargeError(
+            f"data encodes to {len(payload)} bytes of JSON, over the limit of {limit} "
+            f"(max_data_bytes), got {reprlib.repr(data)}: send less (e.g. an id the "
+            "component fetches) or raise max_data_bytes on the Broker or StreamConfig"
+        )
+    return payload
 
 
 def _canonical_payload(payload: bytes, subject: str) -> bytes:

@@ -2,13 +2,14 @@
 
 ```
 StreamUIError
-├── InvalidScopeError (ValueError)   a scope, key, subject or prefix broke the grammar
-├── InvalidTokenError (ValueError)   a stream token is missing, malformed, tampered or stale
-├── ConfigurationError               a setting cannot work (e.g. Connect without an endpoint)
-└── BrokerStateError (RuntimeError)  the broker was used before start or after close
+├── InvalidScopeError (ValueError)    a scope, key, subject or prefix broke the grammar
+├── InvalidTokenError (ValueError)    a stream token is missing, malformed, tampered or stale
+├── PayloadTooLargeError (ValueError) invalidation data encodes to more than max_data_bytes
+├── ConfigurationError                a setting cannot work (e.g. Connect without an endpoint)
+└── BrokerStateError (RuntimeError)   the broker was used before start or after close
 ```
 
-Usage errors (the first three) mean the caller must change what it passes; a
+Usage errors (the first four) mean the caller must change what it passes; a
 `BrokerStateError` means the caller used a long-lived object outside its lifetime.
 """
 
@@ -19,6 +20,7 @@ __all__ = [
     "ConfigurationError",
     "InvalidScopeError",
     "InvalidTokenError",
+    "PayloadTooLargeError",
     "StreamUIError",
 ]
 
@@ -33,6 +35,10 @@ class InvalidScopeError(StreamUIError, ValueError):
 
 class InvalidTokenError(StreamUIError, ValueError):
     """A stream token could not be verified."""
+
+
+class PayloadTooLargeError(StreamUIError, ValueError):
+    """The ``data`` of an invalidation encodes to more JSON than the broker's ``max_data_bytes``."""
 
 
 class ConfigurationError(StreamUIError):

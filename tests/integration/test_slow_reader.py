@@ -9,7 +9,7 @@ import socket
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from tests.integration.conftest import Live, url_from
+from tests.integration.conftest import Start, url_from
 from tests.support import WAIT
 
 if TYPE_CHECKING:
@@ -19,7 +19,8 @@ PAYLOAD = "x" * 200_000
 """Large enough that a few unread events fill the socket buffers and pause writes."""
 
 
-async def test_a_reader_that_stalls_gets_coalesced_frames_in_order(live: Live) -> None:
+async def test_a_reader_that_stalls_gets_coalesced_frames_in_order(start: Start) -> None:
+    live = await start(max_data_bytes=2 * len(PAYLOAD))  # over the 64 KiB default
     url = url_from(await live.page("blob:1"))
     address = urlsplit(live.base_url)
     assert address.hostname is not None

@@ -486,7 +486,8 @@ async def test_a_render_before_the_broker_started_gets_every_scope(clock: FakeCl
 async def test_catch_up_pushes_everything_once_the_log_forgot(
     clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(streamui.broker, "_RECENT_LIMIT", 3)
+    entry = len("other:0") + streamui.broker._RECENT_ENTRY_OVERHEAD
+    monkeypatch.setattr(streamui.broker, "_RECENT_BUDGET", 3 * entry)
     async with Broker() as broker:
         rendered_at = clock.advance(1)
         for number in range(5):

@@ -17,6 +17,7 @@ from streamui import (
     InProcessTransport,
     InvalidScopeError,
     InvalidTokenError,
+    PayloadTooLargeError,
     StreamEndpoint,
     StreamUIError,
     TokenSigner,
@@ -49,6 +50,7 @@ EXPECTED_ALL = [
     "InvalidScopeError",
     "InvalidTokenError",
     "JoinStream",
+    "PayloadTooLargeError",
     "StreamEndpoint",
     "StreamToken",
     "StreamUIError",
@@ -107,10 +109,17 @@ def test_the_package_has_a_version() -> None:
 
 
 def test_errors_form_one_tree() -> None:
-    for error in (InvalidScopeError, InvalidTokenError, ConfigurationError, BrokerStateError):
+    for error in (
+        InvalidScopeError,
+        InvalidTokenError,
+        PayloadTooLargeError,
+        ConfigurationError,
+        BrokerStateError,
+    ):
         assert issubclass(error, StreamUIError)
     assert issubclass(InvalidScopeError, ValueError)
     assert issubclass(InvalidTokenError, ValueError)
+    assert issubclass(PayloadTooLargeError, ValueError)
     assert issubclass(BrokerStateError, RuntimeError)
     assert not issubclass(ConfigurationError, ValueError | RuntimeError)
 
