@@ -24,6 +24,7 @@ import os
 import re
 import signal
 import threading
+import weakref
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -39,7 +40,7 @@ from streamui.components import StreamEndpoint, merge_tokens, use_endpoint
 from streamui.errors import ConfigurationError, InvalidTokenError
 from streamui.scopes import DEFAULT_PREFIX
 from streamui.stream import EventStream
-from streamui.tokens import TokenSigner
+from streamui.tokens import StreamToken, TokenSigner, unverified_claims
 
 if TYPE_CHECKING:
     from types import FrameType
@@ -93,6 +94,9 @@ class StreamConfig:
     """An existing broker to serve; by default one is built from *transport* and *prefix*."""
     max_scopes: int = 64
     max_tokens: int = 16
+    max_data_bytes: int = 65536
+    """The largest ``data=`` payload, in bytes of JSON (see `Broker`); ignored when
+    *broker* is given (set it on that broker)."""
     heartbeat: float = 15.0
     max_lifetime: float | None = None
     token_max_age: float | None = None
@@ -112,7 +116,7 @@ class StreamConfig:
     def __post_init__(self) -> None:
         if not self.path.startswith("/"):
             raise ConfigurationError(f"path must start with '/', got {self.path!r}")
-        for name in ("max_scopes", "max_tokens"):
+        for name in ("max_scopes", "max_tokens", "max_data_bytes"):
             if getattr(self, name) < 1:
                 raise ConfigurationError(f"{name} must be at least 1, got {getattr(self, name)!r}")
         if self.heartbeat <= 0:
@@ -158,7 +162,9 @@ class StreamController(Controller):
             try:
                 verified.append(state.endpoint.signer.verify(token))
             except InvalidTokenError as error:
-                raise PermissionDeniedException(str(error)) from None
+                raise PermissionDeniedException(_refusal(state, token, error)) from None
+        if state.broker.transport.sees_all_publishes:
+            _check_one_process(state, verified)
         scopes = dict.fromkeys(value for token in verified for value in token.scopes)
         if len(scopes) > config.max_scopes:
             raise ClientException(
@@ -189,6 +195,90 @@ class StreamController(Controller):
         )
 
 
+# -- several processes where one is expected ------------------------------------------------
+# With the in-process broker, or the random per-process secret, an app run in several
+# processes (uvicorn --workers) fails quietly: invalidations stay in the process that
+# made them, or streams get a bare 403. Tokens name the process that rendered them, so
+# the process that serves the stream can tell, and say what to do.
+
+_reported: weakref.WeakKeyDictionary[Broker, set[str]] = weakref.WeakKeyDictionary()
+"""What was logged already, per broker (one per app: per process, in a deployment)."""
+
+_DEPLOY_ADVICE = (
+    f"run a NATS server and set {NATS_URL_ENV} (or StreamConfig(nats_url=...)) and one "
+    f"{SECRET_ENV} (or StreamConfig(secret=...)) shared by every process; see the README, "
+    '"Deploying"'
+)
+
+
+def _from_sibling(state: _State, token: StreamToken) -> bool:
+    """Whether *token* was signed by another process running alongside this one.
+
+    A token issued before this broker started may come from the process this one
+    replaced (a tab reconnecting after a restart): that says nothing about siblings.
+    """
+    return (
+        token.instance is not None
+        and token.instance != state.endpoint.signer.instance
+        and state.broker.started_at is not None
+        and token.issued_at >= state.broker.started_at
+    )
+
+
+def _report_once(broker: Broker, kind: str, message: str, *args: object) -> None:
+    reported = _reported.setdefault(broker, set())
+    if kind not in reported:
+        reported.add(kind)
+        logger.error(message, *args)
+
+
+def _check_one_process(state: _State, verified: Sequence[StreamToken]) -> None:
+    """Log an ERROR (once) when a sibling's page streams here over an in-process broker."""
+    for token in verified:
+        if _from_sibling(state, token):
+            _report_once(
+                state.broker,
+                "broker",
+                "several processes serve this app, but its broker is in-process: this "
+                "process (pid %d, instance %s) serves the stream of a page rendered by "
+                "another (instance %s), and invalidations made in one process never reach "
+                "the tabs streamed by another. To fix it, %s. (Logged once per process.)",
+                os.getpid(),
+                state.endpoint.signer.instance,
+                token.instance,
+                _DEPLOY_ADVICE,
+            )
+            return
+
+
+def _refusal(state: _State, token: str, error: InvalidTokenError) -> str:
+    """The 403 reason for *token*, which says what to do when it was refused only because
+    every process draws a random secret of its own."""
+    if state.config.secret is not None:
+        return str(error)
+    # Unverified: anyone can write these claims. They only choose this message.
+    claims = unverified_claims(token)
+    if claims is None or not _from_sibling(state, claims):
+        return str(error)
+    _report_once(
+        state.broker,
+        "secret",
+        "several processes serve this app, but each draws a random stream secret: this "
+        "process (pid %d, instance %s) refused (403) the stream of a page rendered by "
+        "another (instance %s); invalidations would not reach it either. To fix it, %s. "
+        "(Logged once per process.)",
+        os.getpid(),
+        state.endpoint.signer.instance,
+        claims.instance,
+        _DEPLOY_ADVICE,
+    )
+    return (
+        f"{error}: the page was rendered by another process of this app, and each process "
+        "draws a random secret when none is set; several processes need one shared "
+        f"secret: set {SECRET_ENV} (or StreamConfig(secret=...)) to the same value in each"
+    )
+
+
 class StreamPlugin(InitPlugin):
     """Adds streamui to a Litestar app (see the module docstring)."""
 
@@ -196,7 +286,9 @@ class StreamPlugin(InitPlugin):
 
     def __init__(self, config: StreamConfig | None = None) -> None:
         self.config = config = config or StreamConfig()
-        self.broker = config.broker or Broker(_transport(config), prefix=config.prefix)
+        self.broker = config.broker or Broker(
+            _transport(config), prefix=config.prefix, max_data_bytes=config.max_data_bytes
+        )
         if config.secret is None and not self.broker.transport.sees_all_publishes:
             # A random per-process secret would make a token signed by one worker fail
             # (403) on every other: refuse to start rather than fail in the browser.

@@ -1,9 +1,16 @@
 """Stream tokens: the signed list of scopes a tab may watch, and when it was rendered.
 
 A token is ``<payload>.<mac>``, both URL-safe base64 without padding. The payload is
-compact JSON ``{"s": [scopes…], "t": <unix time, ms>}``; the MAC is HMAC-SHA256 over the
-payload with the application's secret. A client cannot add a scope, widen a wildcard or
-watch another tenant's scope by editing the URL: any change breaks the MAC.
+compact JSON ``{"s": [scopes…], "t": <unix time, ms>, "i": <instance>}``; the MAC is
+HMAC-SHA256 over the payload with the application's secret. A client cannot add a scope,
+widen a wildcard or watch another tenant's scope by editing the URL: any change breaks
+the MAC.
+
+``"i"`` names the process that rendered the page: 8 random hex characters drawn once
+per process (again in a forked child; `process_instance`). It grants nothing; the
+stream endpoint reads it only to tell when several processes serve an app whose broker
+or secret is per process, which would otherwise fail silently. Tokens without it (signed
+before it existed) verify as before, with ``instance=None``.
 
 Tokens do not expire by default, because a tab's stream URL never changes and must keep
 reconnecting for as long as the tab is open; use the stream's authorization hook (run on
@@ -19,9 +26,11 @@ import binascii
 import hashlib
 import hmac
 import json
+import os
+import re
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from streamui.errors import ConfigurationError, InvalidScopeError, InvalidTokenError
@@ -30,9 +39,29 @@ from streamui.scopes import validate_scope
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-__all__ = ["StreamToken", "TokenSigner"]
+__all__ = ["StreamToken", "TokenSigner", "process_instance", "unverified_claims"]
 
 _MAX_TOKEN_LENGTH = 32_768
+_INSTANCE = re.compile(r"[0-9A-Za-z_-]{1,32}")
+"""What an instance id may be: short, and safe to show in a log line as it is."""
+
+
+def _draw_instance() -> None:
+    global _process_instance  # noqa: PLW0603 - one value per process, redrawn in a fork
+    _process_instance = secrets.token_hex(4)
+
+
+_process_instance = ""
+_draw_instance()
+if hasattr(os, "register_at_fork"):
+    # A child forked from a process that already imported streamui (a server that loads
+    # the app before forking its workers) is another process: it gets its own id.
+    os.register_at_fork(after_in_child=_draw_instance)
+
+
+def process_instance() -> str:
+    """This process's instance id (8 hex characters), which its tokens carry as ``"i"``."""
+    return _process_instance
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +71,9 @@ class StreamToken:
     scopes: tuple[str, ...]
     issued_at: float
     """Unix time (seconds) at which the page was rendered."""
+    instance: str | None = field(default=None, compare=False)
+    """The process that signed it (`process_instance` there); None in older tokens.
+    Not part of what the token grants, so not part of its equality."""
 
 
 def _b64encode(raw: bytes) -> str:
@@ -56,11 +88,19 @@ class TokenSigner:
     """Signs and verifies stream tokens with one secret.
 
     ``TokenSigner()`` draws a random secret, which is right for one process only.
+    Tokens are stamped with *instance*, by default this process's `process_instance`
+    (read when signing, so a signer built before a fork stamps the child's id).
     """
 
-    __slots__ = ("_key", "max_age")
+    __slots__ = ("_instance", "_key", "max_age")
 
-    def __init__(self, secret: str | bytes | None = None, *, max_age: float | None = None):
+    def __init__(
+        self,
+        secret: str | bytes | None = None,
+        *,
+        max_age: float | None = None,
+        instance: str | None = None,
+    ):
         if secret is None:
             secret = secrets.token_bytes(32)
         if isinstance(secret, str):
@@ -72,8 +112,19 @@ class TokenSigner:
             )
         if max_age is not None and max_age <= 0:
             raise ConfigurationError(f"max_age must be positive seconds, got {max_age!r}")
+        if instance is not None and not _INSTANCE.fullmatch(instance):
+            raise ConfigurationError(
+                "instance must be 1 to 32 characters of A-Z a-z 0-9 _ - "
+                f"(e.g. secrets.token_hex(4)), got {instance!r}"
+            )
+        self._instance = instance
         self._key = hashlib.sha256(b"streamui-token\x00" + secret).digest()
         self.max_age = max_age
+
+    @property
+    def instance(self) -> str:
+        """The instance id this signer stamps on its tokens."""
+        return self._instance or _process_instance
 
     def _mac(self, payload: bytes) -> bytes:
         return hmac.new(self._key, payload, hashlib.sha256).digest()
@@ -84,7 +135,8 @@ class TokenSigner:
         if not checked:
             raise InvalidScopeError(f"a stream token needs at least one scope, got {scopes!r}")
         when = time.time() if issued_at is None else issued_at
-        payload = json.dumps({"s": checked, "t": int(when * 1000)}, separators=(",", ":"))
+        body = {"s": checked, "t": int(when * 1000), "i": self.instance}
+        payload = json.dumps(body, separators=(",", ":"))
         raw = payload.encode()
         return f"{_b64encode(raw)}.{_b64encode(self._mac(raw))}"
 
@@ -109,31 +161,48 @@ class TokenSigner:
             raise InvalidTokenError(
                 "stream token signature does not match (tampered, or signed with another secret)"
             )
-        scopes, issued_at = _parse_payload(raw)
-        if self.max_age is not None and time.time() - issued_at > self.max_age:
+        claims = _parse_payload(raw)
+        if self.max_age is not None and time.time() - claims.issued_at > self.max_age:
             raise InvalidTokenError(
                 f"stream token expired (older than {self.max_age:g} s); reload the page"
             )
-        return StreamToken(scopes, issued_at)
+        return claims
 
 
-def _parse_payload(raw: bytes) -> tuple[tuple[str, ...], float]:
-    """Scopes and issue time from a payload whose MAC has been checked."""
+def unverified_claims(token: str) -> StreamToken | None:
+    """What *token* says WITHOUT checking its MAC, or None if it does not parse.
+
+    Anyone can write such a token: use this only to explain why a token was refused
+    (e.g. it names another process that has another random secret), never to grant
+    anything.
+    """
+    if len(token) > _MAX_TOKEN_LENGTH:
+        return None
+    try:
+        return _parse_payload(_b64decode(token.partition(".")[0]))
+    except ValueError:  # binascii.Error and InvalidTokenError are ValueErrors
+        return None
+
+
+def _parse_payload(raw: bytes) -> StreamToken:
+    """What a payload says (for a verified token: one whose MAC has been checked)."""
     try:
         body = json.loads(raw)
     except (ValueError, RecursionError) as error:
         raise InvalidTokenError(f"malformed stream token payload: {error}") from None
     if not isinstance(body, dict):
         raise InvalidTokenError("malformed stream token payload: not an object")
-    scopes, issued = body.get("s"), body.get("t")
+    scopes, issued, instance = body.get("s"), body.get("t"), body.get("i")
     if not isinstance(scopes, list) or not all(isinstance(value, str) for value in scopes):
         raise InvalidTokenError("malformed stream token payload: 's' is not a list of scopes")
     if not scopes:
         raise InvalidTokenError("malformed stream token payload: it names no scope")
     if isinstance(issued, bool) or not isinstance(issued, int) or not 0 <= issued < 2**53:
         raise InvalidTokenError("malformed stream token payload: 't' is not a time in ms")
+    if instance is not None and not (isinstance(instance, str) and _INSTANCE.fullmatch(instance)):
+        raise InvalidTokenError("malformed stream token payload: 'i' is not an instance id")
     try:
         checked = tuple(validate_scope(value) for value in scopes)
     except ValueError as error:
         raise InvalidTokenError(f"malformed stream token payload: {error}") from None
-    return checked, issued / 1000
+    return StreamToken(checked, issued / 1000, instance)

@@ -276,3 +276,110 @@ def test_a_short_secret_is_a_configuration_error(secret: str | bytes) -> None:
 def test_sixteen_bytes_are_enough() -> None:
     signer = TokenSigner(b"x" * 16)
     assert signer.verify(signer.sign(["a"])).scopes == ("a",)
+
+
+# -- the instance that signed a token ------------------------------------------------------
+
+
+def test_a_token_names_the_process_that_signed_it(signer: TokenSigner) -> None:
+    from streamui.tokens import process_instance
+
+    instance = process_instance()
+    assert len(instance) == 8
+    assert set(instance) <= set("0123456789abcdef")
+    assert signer.instance == instance
+    assert signer.verify(signer.sign(["a:1"])).instance == instance
+    assert json.loads(unb64(signer.sign(["a:1"]).split(".")[0]))["i"] == instance
+
+
+def test_the_instance_round_trips_and_any_process_with_the_secret_reads_it() -> None:
+    other = TokenSigner(SECRET, instance="5151b11e")
+    token = other.sign(["a:1", "b:*"], issued_at=1_700_000_000.5)
+    verified = TokenSigner(SECRET).verify(token)
+    assert verified.instance == "5151b11e"
+    assert verified.scopes == ("a:1", "b:*")
+    assert verified.issued_at == 1_700_000_000.5
+    # The instance grants nothing, so it takes no part in what a token is equal to.
+    assert verified == StreamToken(("a:1", "b:*"), 1_700_000_000.5)
+
+
+def test_a_token_keeps_short(signer: TokenSigner) -> None:
+    assert len(signer.sign(["invoice:42"], issued_at=1_700_000_000)) <= 120
+
+
+def test_a_token_without_an_instance_still_verifies(signer: TokenSigner) -> None:
+    # What tokens looked like before they named their process (open tabs keep them).
+    token = signed(signer, b'{"s":["a:1"],"t":1700000000500}')
+    verified = signer.verify(token)
+    assert verified.instance is None
+    assert verified.scopes == ("a:1",)
+    assert verified.issued_at == 1_700_000_000.5
+    assert signer.verify(signed(signer, b'{"s":["a:1"],"t":1,"i":null}')).instance is None
+
+
+def test_an_edited_instance_is_refused(signer: TokenSigner) -> None:
+    token = signer.sign(["a:1"])
+    payload, mac = token.split(".")
+    body = json.loads(unb64(payload))
+    edits = [{**body, "i": "5151b11e"}, {key: value for key, value in body.items() if key != "i"}]
+    for edited in edits:
+        changed = b64(json.dumps(edited, separators=(",", ":")).encode())
+        with pytest.raises(InvalidTokenError, match="signature does not match"):
+            signer.verify(f"{changed}.{mac}")
+
+
+@pytest.mark.parametrize("instance", [1, "", "x" * 33, "a b", "a.b", ["a"], "é"])
+def test_a_signed_malformed_instance_is_refused(signer: TokenSigner, instance: object) -> None:
+    payload = json.dumps({"s": ["a"], "t": 1, "i": instance}).encode()
+    with pytest.raises(InvalidTokenError, match="'i' is not an instance id"):
+        signer.verify(signed(signer, payload))
+
+
+@pytest.mark.parametrize("instance", ["", "x" * 33, "a b", "a\nb"])
+def test_an_unusable_instance_is_a_configuration_error(instance: str) -> None:
+    with pytest.raises(
+        ConfigurationError, match=r"instance must be 1 to 32 characters of A-Z a-z 0-9 _ -"
+    ):
+        TokenSigner(SECRET, instance=instance)
+
+
+def test_a_forked_child_is_another_instance(tmp_path: object) -> None:
+    import multiprocessing
+
+    from streamui.tokens import process_instance
+
+    written = f"{tmp_path}/instance"
+    # Built before the fork, as by a server that loads the app before forking workers.
+    signer = TokenSigner(SECRET)
+    child = multiprocessing.get_context("fork").Process(
+        target=_write_signed_instance, args=(written, signer)
+    )
+    child.start()
+    child.join(10)
+    if child.is_alive():
+        child.kill()
+        child.join()
+    assert child.exitcode == 0
+    with open(written) as file:
+        in_child = file.read()
+    assert len(in_child) == 8
+    assert in_child != process_instance()
+    assert signer.instance == process_instance()
+
+
+def _write_signed_instance(path: str, signer: TokenSigner) -> None:
+    with open(path, "w") as file:
+        file.write(signer.verify(signer.sign(["a"])).instance or "")
+
+
+def test_unverified_claims_read_any_well_formed_token_and_nothing_else() -> None:
+    from streamui.tokens import unverified_claims
+
+    foreign = TokenSigner(instance="5151b11e").sign(["a:1"], issued_at=12.5)
+    claims = unverified_claims(foreign)
+    assert claims is not None
+    assert (claims.scopes, claims.issued_at, claims.instance) == (("a:1",), 12.5, "5151b11e")
+    forged = b64(b'{"s":["a:>"],"t":1,"i":"x"}')  # no MAC at all: still only claims
+    assert unverified_claims(forged) == StreamToken(("a:>",), 0.001)
+    for garbage in ("", "garbage", "é.x", b64(b'{"s":[]}'), b64(b'{"i":1}'), "a" * 40_000):
+        assert unverified_claims(garbage) is None
