@@ -1,0 +1,166 @@
+"""The app of the compatibility matrix, in each of its variants.
+
+Servers import `tests.matrix.app` (``tests.matrix.app:app``), which builds the variant
+named by ``STREAMUI_MATRIX_VARIANT``, so the command line stays the one a user types.
+Routes:
+
+- ``GET /page?scope=a&scope=b`` renders one `Watch` per scope, then `Connect()`; padded
+  past the compression threshold, and it counts views in the session (``secured``).
+- ``GET /component/{index}`` is what the watchers re-fetch.
+- ``POST /invalidate?scope=a`` invalidates through the ``broker`` dependency.
+- ``GET /debug/counts`` is the server's state as JSON (``watchers``, ``subscriptions``,
+  ``pid``), so a test can look inside a server that runs in another process.
+
+The ``secured`` variant adds CORS, a server-side session and an authentication
+middleware that answers 401 to every request (the stream included) without the
+``CREDENTIAL_HEADER`` header.
+"""
+
+import os
+from dataclasses import dataclass
+from typing import Annotated, Any, Final
+
+from htpy import Element, body, div, h1, head, html, p, title
+from litestar import Litestar, MediaType, Request, get, post
+from litestar.config.compression import CompressionConfig
+from litestar.config.cors import CORSConfig
+from litestar.connection import ASGIConnection
+from litestar.di import NamedDependency
+from litestar.exceptions import NotAuthorizedException
+from litestar.middleware import (
+    AbstractAuthenticationMiddleware,
+    AuthenticationResult,
+    DefineMiddleware,
+)
+from litestar.middleware.session.server_side import ServerSideSessionConfig
+from litestar.params import FromPath, QueryParameter
+
+from streamui import Broker, Connect, Watch, datastar_script
+from streamui.litestar import StreamConfig, StreamPlugin
+
+__all__ = [
+    "CREDENTIAL",
+    "CREDENTIAL_HEADER",
+    "HEARTBEAT",
+    "ORIGIN",
+    "SECRET",
+    "VARIANTS",
+    "VARIANT_ENV",
+    "Variant",
+    "build_app",
+]
+
+VARIANT_ENV: Final = "STREAMUI_MATRIX_VARIANT"
+SECRET: Final = "matrix-tests-secret-0123456789"
+"""Fixed, so a tab's tokens still verify on the restarted server."""
+HEARTBEAT: Final = 0.3
+CREDENTIAL_HEADER: Final = "x-matrix-user"
+CREDENTIAL: Final = "matrix-user"
+ORIGIN: Final = "http://matrix.example"
+
+
+@dataclass(frozen=True, slots=True)
+class Variant:
+    """How one variant configures the app."""
+
+    name: str
+    compression: str | None = None
+    """The Content-Encoding of Litestar's compression (``gzip``, ``br``), or None."""
+    compress_stream: bool = False
+    """``StreamConfig(compress=True)``: the stream is compressed too."""
+    secured: bool = False
+    """CORS, a server-side session and `HeaderAuthentication`."""
+
+
+VARIANTS: Final = {
+    variant.name: variant
+    for variant in (
+        Variant("plain"),
+        Variant("gzip", compression="gzip"),
+        Variant("brotli", compression="br"),
+        Variant("secured", secured=True),
+        Variant("gzip-stream", compression="gzip", compress_stream=True),
+        Variant("brotli-stream", compression="br", compress_stream=True),
+    )
+}
+"""Every variant, by name."""
+
+Scopes = Annotated[list[str], QueryParameter(name="scope")]
+
+_PADDING: Final = "Padding past the compression threshold. " * 40
+
+
+class HeaderAuthentication(AbstractAuthenticationMiddleware):
+    """Lets a request in only with ``CREDENTIAL_HEADER: CREDENTIAL``; 401 otherwise."""
+
+    async def authenticate_request(self, connection: ASGIConnection[Any, Any, Any, Any]) -> Any:
+        if connection.headers.get(CREDENTIAL_HEADER) != CREDENTIAL:
+            raise NotAuthorizedException(f"send the {CREDENTIAL_HEADER} header")
+        return AuthenticationResult(user=CREDENTIAL, auth=None)
+
+
+def _page(scopes: list[str]) -> Element:
+    return html[
+        head[title["streamui matrix"], datastar_script()],
+        body[
+            h1["matrix"],
+            [
+                Watch(value, f"/component/{index}", id=f"watch-{index}")[p[f"watching {value}"]]
+                for index, value in enumerate(scopes)
+            ],
+            p[_PADDING],
+            Connect(),
+        ],
+    ]
+
+
+def build_app(variant: Variant) -> Litestar:
+    """The matrix app configured as *variant*."""
+    plugin = StreamPlugin(
+        StreamConfig(secret=SECRET, heartbeat=HEARTBEAT, compress=variant.compress_stream)
+    )
+
+    @get("/page", media_type=MediaType.HTML)
+    async def page(request: Request[Any, Any, Any], scopes: Scopes) -> str:
+        if variant.secured:
+            request.session["views"] = request.session.get("views", 0) + 1
+        return str(_page(scopes))
+
+    @get("/component/{index:int}", media_type=MediaType.HTML)
+    async def component(index: FromPath[int]) -> str:
+        return str(div(id=f"watch-{index}")[p[f"component {index}"]])
+
+    @post("/invalidate", status_code=204)
+    async def invalidate(
+        scope_name: Annotated[str, QueryParameter(name="scope")], broker: NamedDependency[Broker]
+    ) -> None:
+        await broker.invalidate(scope_name)
+
+    @get("/debug/counts")
+    async def counts(broker: NamedDependency[Broker]) -> dict[str, int]:
+        return {
+            "watchers": broker.watcher_count,
+            "subscriptions": broker.subscription_count,
+            "pid": os.getpid(),
+        }
+
+    compression = None
+    if variant.compression is not None:
+        backend = "brotli" if variant.compression == "br" else variant.compression
+        compression = CompressionConfig(backend=backend)
+    middleware: list[DefineMiddleware] = []
+    cors = None
+    if variant.secured:
+        cors = CORSConfig(allow_origins=[ORIGIN], allow_credentials=True)
+        middleware = [
+            ServerSideSessionConfig().middleware,
+            DefineMiddleware(HeaderAuthentication),
+        ]
+    return Litestar(
+        route_handlers=[page, component, invalidate, counts],
+        plugins=[plugin],
+        compression_config=compression,
+        cors_config=cors,
+        middleware=middleware,
+        debug=False,
+    )
