@@ -18,18 +18,11 @@ from pathlib import Path
 import uvloop
 
 from bench.client import BenchError
-from bench.process import raise_open_file_limit
+from bench.process import positive, raise_open_file_limit
 from bench.report import markdown_report
 from bench.run import SERVER_NAMES, Settings, measure_all, pick_cpus
 
 BUILD = Path("build")
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def _servers(text: str) -> list[str]:
@@ -48,11 +41,11 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         description="Fan-out benchmark: server CPU per delivery, latency and memory per "
         "stream for a raw ASGI floor, streamui and Litestar channels, side by side.",
     )
-    parser.add_argument("--streams", type=_positive, default=2000, help="SSE streams (2000)")
-    parser.add_argument("--rounds", type=_positive, default=20, help="timed rounds (20)")
+    parser.add_argument("--streams", type=positive, default=2000, help="SSE streams (2000)")
+    parser.add_argument("--rounds", type=positive, default=20, help="timed rounds (20)")
     parser.add_argument(
         "--repeat",
-        type=_positive,
+        type=positive,
         default=1,
         help="run the whole sequence this many times and pool each server's runs (1)",
     )

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from types import TracebackType
     from typing import Self
 
-__all__ = ["BenchError", "FanOutClient"]
+__all__ = ["BenchError", "ChunkedDecoder", "FanOutClient"]
 
 _CONNECT_CONCURRENCY: Final = 128
 """Connections being set up at once; more overflows the server's accept backlog."""
@@ -35,14 +35,16 @@ class BenchError(Exception):
     """Something in a benchmark run failed or hung; the message says what."""
 
 
-class _ChunkedDecoder:
-    """Decodes an HTTP/1.1 chunked body fed in arbitrary pieces."""
+class ChunkedDecoder:
+    """Decodes an HTTP/1.1 chunked body fed in arbitrary pieces; `ended` once the last
+    (empty) chunk arrived."""
 
-    __slots__ = ("_buffer", "_remaining")
+    __slots__ = ("_buffer", "_remaining", "ended")
 
     def __init__(self) -> None:
         self._buffer = b""
         self._remaining = -1  # bytes of chunk data still expected; -1: a size line is next
+        self.ended = False
 
     def feed(self, data: bytes) -> bytes:
         if not self._buffer and self._remaining < 0:
@@ -55,7 +57,7 @@ class _ChunkedDecoder:
         buffer = self._buffer + data if self._buffer else data
         out: list[bytes] = []
         position = 0
-        while position < len(buffer):
+        while position < len(buffer) and not self.ended:
             if self._remaining < 0:
                 end = buffer.find(b"\r\n", position)
                 if end < 0:
@@ -63,7 +65,8 @@ class _ChunkedDecoder:
                 size = int(buffer[position:end].split(b";", 1)[0], 16)
                 position = end + 2
                 if size == 0:
-                    raise BenchError("the server ended a stream (last chunk)")
+                    self.ended = True
+                    break
                 self._remaining = size + 2  # the data and its trailing CRLF
             take = min(self._remaining, len(buffer) - position)
             # Keep data bytes only, never the chunk's trailing CRLF.
@@ -97,7 +100,7 @@ class _Stream(asyncio.Protocol):
         self._client = client
         self._request = request
         self._head: bytes | None = b""  # None once the response head has been read
-        self._decoder: _ChunkedDecoder | None = None
+        self._decoder: ChunkedDecoder | None = None
         self._text = b""
         self.transport: asyncio.Transport | None = None
         self.opened = False
@@ -135,10 +138,12 @@ class _Stream(asyncio.Protocol):
             if not status.startswith(b"HTTP/1.1 200"):
                 raise BenchError(f"the stream request was answered {head[:500]!r}")
             if b"transfer-encoding: chunked" in fields.lower():
-                self._decoder = _ChunkedDecoder()
+                self._decoder = ChunkedDecoder()
             data = head[end + 4 :]
         if self._decoder is not None:
             data = self._decoder.feed(data)
+            if self._decoder.ended:
+                raise BenchError("the server ended a stream (last chunk)")
         text = self._text + data if self._text else data
         if b"\n\n" not in text:
             self._text = text

@@ -8,6 +8,7 @@ raised and optionally pinned to one CPU, and always kills it on exit from the
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import resource
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
     from types import TracebackType
     from typing import Self
 
-__all__ = ["ServerProcess", "raise_open_file_limit"]
+__all__ = ["ServerProcess", "positive", "raise_open_file_limit"]
 
 HOST: Final = "127.0.0.1"
 _CLOCK_TICKS: Final = os.sysconf("SC_CLK_TCK")
@@ -192,3 +193,11 @@ class ServerProcess:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(_STOP_GRACE)
+
+
+def positive(text: str) -> int:
+    """An ``argparse`` type: a whole number of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value

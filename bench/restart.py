@@ -39,8 +39,8 @@ from typing import TYPE_CHECKING, Final, cast
 
 import uvloop
 
-from bench.client import BenchError
-from bench.process import HOST, raise_open_file_limit
+from bench.client import BenchError, ChunkedDecoder
+from bench.process import HOST, positive, raise_open_file_limit
 from bench.restart_server import READY_LINE
 from bench.servers import SCOPE, SECRET_ENV, STREAMUI_PATH
 from streamui import TokenSigner
@@ -136,43 +136,6 @@ def _log_tail(path: Path) -> str:
 # -- the browser-like client ----------------------------------------------------------------
 
 
-class _ChunkedBody:
-    """Decodes an HTTP/1.1 chunked body fed in pieces, and notices its last chunk."""
-
-    __slots__ = ("_buffer", "_remaining", "ended")
-
-    def __init__(self) -> None:
-        self._buffer = b""
-        self._remaining = -1  # bytes of chunk data (+ CRLF) still expected; -1: a size line
-        self.ended = False
-
-    def feed(self, data: bytes) -> bytes:
-        buffer = self._buffer + data
-        out: list[bytes] = []
-        position = 0
-        while position < len(buffer) and not self.ended:
-            if self._remaining < 0:
-                end = buffer.find(b"\r\n", position)
-                if end < 0:
-                    break
-                size = int(buffer[position:end].split(b";", 1)[0], 16)
-                position = end + 2
-                if size == 0:
-                    self.ended = True
-                    break
-                self._remaining = size + 2
-            take = min(self._remaining, len(buffer) - position)
-            data_left = self._remaining - 2
-            if data_left > 0:
-                out.append(buffer[position : position + min(take, data_left)])
-            position += take
-            self._remaining -= take
-            if self._remaining == 0:
-                self._remaining = -1
-        self._buffer = buffer[position:]
-        return b"".join(out)
-
-
 class _Connection(asyncio.Protocol):
     """One HTTP connection of a tab: the GET, the response head, the SSE frames."""
 
@@ -181,7 +144,7 @@ class _Connection(asyncio.Protocol):
         self.request = request
         self.transport: asyncio.Transport | None = None
         self._head: bytes | None = b""
-        self._body = _ChunkedBody()
+        self._body = ChunkedDecoder()
         self._text = b""
         self._frames = 0
         self.done = False
@@ -527,20 +490,13 @@ def markdown_report(outcomes: Sequence[Outcome]) -> str:
 # -- command line -------------------------------------------------------------------------
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench.restart",
         description="Restart a server under N open streams and time the reconnects, "
         "with the default reconnect spread and without jitter, side by side.",
     )
-    parser.add_argument("--streams", type=_positive, default=1000, help="SSE streams (1000)")
+    parser.add_argument("--streams", type=positive, default=1000, help="SSE streams (1000)")
     parser.add_argument(
         "--spread", type=float, default=5.0, help="StreamConfig.reconnect_spread (5.0)"
     )

@@ -58,6 +58,7 @@ class Event:
 
     event: str | None = None
     id: str | None = None
+    retry: int | None = None
     data: list[str] = field(default_factory=list)
     comments: list[str] = field(default_factory=list)
 
@@ -70,20 +71,34 @@ class Event:
         return value
 
 
+class TruncatedFrame(AssertionError):
+    """The body ended inside a frame (a frame with no blank line after it)."""
+
+
 class SSEReader:
-    """Reads frames from an open httpx streaming response."""
+    """Reads frames from an open httpx streaming response.
+
+    `next` raises `EOFError` at the clean end of the body, `TruncatedFrame` when the
+    body ends inside a frame, and httpx's `TransportError` when the connection breaks.
+    """
+
+    frame_type: type[Event] = Event
 
     def __init__(self, response: httpx.Response) -> None:
         self._lines = response.aiter_lines()
+        self.last_id: str | None = None
+        """The last ``id:`` seen, as the browser would send it in ``Last-Event-ID``."""
 
     async def next(self, timeout: float = WAIT) -> Event:
         """The next frame (an event, an id-only frame or a comment-only frame)."""
-        frame = Event()
+        frame = self.frame_type()
         seen = False
         async with asyncio.timeout(timeout):
             async for line in self._lines:
                 if line == "":
                     if seen:
+                        if frame.id is not None:
+                            self.last_id = frame.id
                         return frame
                     continue
                 seen = True
@@ -95,8 +110,12 @@ class SSEReader:
                     frame.event = value
                 elif name == "id":
                     frame.id = value
+                elif name == "retry":
+                    frame.retry = int(value)
                 elif name == "data":
                     frame.data.append(value)
+        if seen:
+            raise TruncatedFrame(f"the body ended inside a frame: {frame}")
         raise EOFError("the stream ended")
 
     async def next_event(self, timeout: float = WAIT) -> Event:

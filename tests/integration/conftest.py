@@ -41,10 +41,10 @@ WATCHED_LOGGERS = ("uvicorn.error", "litestar", "streamui")
 
 
 class RecordingHandler(logging.Handler):
-    """Keeps every record at ERROR or above."""
+    """Keeps every record at *level* (default ERROR) or above."""
 
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
+    def __init__(self, level: int = logging.ERROR) -> None:
+        super().__init__(level)
         self.records: list[logging.LogRecord] = []
 
     def emit(self, record: logging.LogRecord) -> None:

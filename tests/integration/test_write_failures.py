@@ -21,6 +21,7 @@ from litestar import Litestar, MediaType, get
 
 from streamui import Connect, Watch
 from streamui.litestar import StreamConfig, StreamPlugin
+from tests.integration.conftest import RecordingHandler
 from tests.support import WAIT, SSEReader, serve
 
 if TYPE_CHECKING:
@@ -72,19 +73,10 @@ def make_app(middleware: Callable[[ASGIApp], ASGIApp]) -> tuple[Litestar, Stream
     return Litestar([page], plugins=[plugin], middleware=[middleware]), plugin
 
 
-class Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
 @contextlib.contextmanager
-def recorded() -> Iterator[Records]:
-    """Records of the ``streamui`` loggers (added after uvicorn set its logging up)."""
-    handler = Records()
+def recorded() -> Iterator[RecordingHandler]:
+    """Every record of the ``streamui`` loggers."""
+    handler = RecordingHandler(logging.DEBUG)
     logger = logging.getLogger("streamui")
     level = logger.level
     logger.addHandler(handler)

@@ -9,21 +9,14 @@ so a frame read here while the stream is still open proves the server flushed it
 from __future__ import annotations
 
 import asyncio
-import json
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final
+from dataclasses import dataclass
 
 import httpx
 
 from streamui import SIGNAL_NAMESPACE
-
-if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+from tests.support import WAIT, Event, SSEReader, TruncatedFrame
 
 __all__ = ["WAIT", "Frame", "StreamCut", "StreamReader"]
-
-WAIT: Final = 10.0
-"""Generous timeout (seconds) for anything a test waits on."""
 
 
 class StreamCut(AssertionError):
@@ -31,14 +24,8 @@ class StreamCut(AssertionError):
 
 
 @dataclass
-class Frame:
+class Frame(Event):
     """One SSE frame (up to a blank line), every field as the browser's parser sees it."""
-
-    event: str | None = None
-    id: str | None = None
-    retry: int | None = None
-    data: list[str] = field(default_factory=list)
-    comments: list[str] = field(default_factory=list)
 
     @property
     def id_only(self) -> bool:
@@ -47,60 +34,29 @@ class Frame:
         return self.id is not None and self.event is None and not self.data and not self.comments
 
     @property
-    def signals(self) -> dict[str, Any]:
-        """The JSON of a datastar-patch-signals event."""
-        assert self.event == "datastar-patch-signals", self
-        lines = [line.removeprefix("signals ") for line in self.data if line.startswith("signals ")]
-        value: dict[str, Any] = json.loads("\n".join(lines))
-        return value
-
-    @property
     def revisions(self) -> dict[str, int]:
         """The ``_stream`` keys this event sets, with their revisions."""
         value: dict[str, int] = self.signals[SIGNAL_NAMESPACE]
         return value
 
 
-class StreamReader:
-    """Reads frames from an open httpx streaming response."""
+class StreamReader(SSEReader):
+    """Reads `Frame`s from an open httpx streaming response; a broken connection or a
+    body that ends inside a frame is a `StreamCut`."""
 
-    def __init__(self, response: httpx.Response) -> None:
-        self._lines: AsyncIterator[str] = response.aiter_lines()
-        self.last_id: str | None = None
-        """The last ``id:`` seen, as the browser would send it in ``Last-Event-ID``."""
+    frame_type = Frame
 
     async def next(self, timeout: float = WAIT) -> Frame:
         """The next frame; `EOFError` when the body completed, `StreamCut` when the
         connection broke first."""
-        frame = Frame()
-        seen = False
         try:
-            async with asyncio.timeout(timeout):
-                async for line in self._lines:
-                    if line == "":
-                        if seen:
-                            if frame.id is not None:
-                                self.last_id = frame.id
-                            return frame
-                        continue
-                    seen = True
-                    name, _, value = line.partition(":")
-                    value = value.removeprefix(" ")
-                    if name == "":
-                        frame.comments.append(value)
-                    elif name == "event":
-                        frame.event = value
-                    elif name == "id":
-                        frame.id = value
-                    elif name == "retry":
-                        frame.retry = int(value)
-                    elif name == "data":
-                        frame.data.append(value)
+            frame = await super().next(timeout)
         except httpx.TransportError as error:
             raise StreamCut(f"the connection broke mid-stream: {error!r}") from error
-        if seen:
-            raise StreamCut(f"the body ended inside a frame: {frame}")
-        raise EOFError("the stream ended")
+        except TruncatedFrame as error:
+            raise StreamCut(str(error)) from error
+        assert isinstance(frame, Frame)
+        return frame
 
     async def next_event(self, timeout: float = WAIT) -> Frame:
         """The next frame that is an event (skipping id-only and comment frames)."""
