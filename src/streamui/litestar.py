@@ -4,31 +4,28 @@
 
 - registers `StreamController` at ``config.path`` (default ``/streamui/stream``);
 - provides the `Broker` as the dependency ``broker`` (unless the app already defines one);
-- starts the broker with the app and closes it (ending every stream) on shutdown;
+- starts the broker with the app, ends every stream as soon as the server starts
+  shutting down (`streamui.shutdown`), and closes the broker on shutdown;
 - makes `Connect`, `JoinStream` and `init_scope` sign tokens for this app in every request.
 
-The stream endpoint answers 400 for a missing token, too many tokens or scopes, 403 for
-a token that does not verify or a connection the ``authorize`` hook refuses, and 503 if
-the broker cannot subscribe; each with a reason in the body. It never answers 500 for
-bad input.
+The stream endpoint answers 404 for any other spelling of its path, 400 for a missing
+token, too many tokens or scopes, 403 for a token that does not verify or a connection
+the ``authorize`` hook refuses, and 503 if the broker cannot subscribe; each with a
+reason in the body. It never answers 500 for bad input.
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import inspect
 import logging
-import multiprocessing
 import os
 import re
-import signal
-import threading
 import weakref
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from litestar import Controller, Request, get
 from litestar.di import Provide
@@ -39,12 +36,11 @@ from streamui.broker import Broker
 from streamui.components import StreamEndpoint, merge_tokens, use_endpoint
 from streamui.errors import ConfigurationError, InvalidTokenError
 from streamui.scopes import DEFAULT_PREFIX
+from streamui.shutdown import on_server_shutdown
 from streamui.stream import EventStream
 from streamui.tokens import StreamToken, TokenSigner, unverified_claims
 
 if TYPE_CHECKING:
-    from types import FrameType
-
     from litestar import Litestar
     from litestar.config.app import AppConfig
     from litestar.config.compression import CompressionConfig
@@ -331,7 +327,9 @@ class StreamPlugin(InitPlugin):
     async def _lifespan(self, app: Litestar) -> AsyncGenerator[None, None]:
         await self.broker.start()
         stop_watching = (
-            _end_streams_on_shutdown(self.broker, self.config.reconnect_spread)
+            on_server_shutdown(
+                lambda: self.broker.end_streams(reconnect_within=self.config.reconnect_spread)
+            )
             if self.config.end_streams_on_signal
             else None
         )
@@ -376,97 +374,3 @@ def _transport(config: StreamConfig) -> Transport | None:
     from streamui.nats import NatsTransport  # needs the nats extra
 
     return NatsTransport(servers=config.nats_url, **config.nats_options)
-
-
-def _end_streams_on_shutdown(broker: Broker, spread: float) -> Callable[[], None]:
-    """End every stream as soon as the server starts shutting down; returns an undo.
-
-    ASGI servers finish open connections before they run the lifespan shutdown (where
-    the broker closes), and an SSE stream never finishes by itself: without this a
-    shutdown waits for the server's graceful timeout (uvicorn's default: forever).
-    Servers tell a worker to stop in one of two ways, and both are watched:
-
-    - a SIGINT/SIGTERM delivered to this process (uvicorn, granian, hypercorn with
-      ``--workers 0``): a handler is chained before the server's own;
-    - hypercorn's worker processes get no signal: the parent sets a multiprocessing
-      event, passed to the worker function as ``shutdown_event``, which hypercorn
-      polls; it is polled here too.
-    """
-    loop = asyncio.get_running_loop()
-
-    def end_streams() -> None:
-        broker.end_streams(reconnect_within=spread)
-
-    undo = [_chain_exit_signals(loop, end_streams)]
-    event = _parent_shutdown_event()
-    if event is not None:
-
-        async def poll() -> None:
-            # A multiprocessing event offers no awaitable: poll it, as hypercorn does.
-            while not event.is_set():  # noqa: ASYNC110
-                await asyncio.sleep(_SHUTDOWN_POLL)
-            end_streams()
-
-        poller = loop.create_task(poll())
-
-        def stop_polling() -> None:
-            poller.cancel()
-
-        undo.append(stop_polling)
-
-    def stop() -> None:
-        for step in undo:
-            if step is not None:
-                step()
-
-    return stop
-
-
-_SHUTDOWN_POLL = 0.1
-"""Seconds between two looks at a parent's shutdown event (hypercorn polls as often)."""
-
-
-class _SettableEvent(Protocol):
-    def is_set(self) -> bool: ...
-
-
-def _parent_shutdown_event() -> _SettableEvent | None:
-    """The ``shutdown_event`` a parent process handed this worker process, if any."""
-    if multiprocessing.parent_process() is None:
-        return None
-    kwargs = getattr(multiprocessing.current_process(), "_kwargs", None)
-    event = kwargs.get("shutdown_event") if isinstance(kwargs, dict) else None
-    return event if callable(getattr(event, "is_set", None)) else None
-
-
-def _chain_exit_signals(
-    loop: asyncio.AbstractEventLoop, end_streams: Callable[[], None]
-) -> Callable[[], None] | None:
-    """Chain a SIGINT/SIGTERM handler that calls *end_streams*, then the server's.
-
-    Only handlers installed from Python are chained (uvicorn's, and the no-op that
-    asyncio and uvloop install for ``loop.add_signal_handler``, whose real handler
-    still runs). Returns a function that restores them.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    previous: dict[signal.Signals, Callable[[int, FrameType | None], Any]] = {}
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        loop.call_soon_threadsafe(end_streams)
-        chained = previous.get(signal.Signals(signum))
-        if chained is not None:
-            chained(signum, frame)
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        current = signal.getsignal(sig)
-        if callable(current):
-            previous[sig] = current
-            signal.signal(sig, handler)
-
-    def restore() -> None:
-        for sig, original in previous.items():
-            if signal.getsignal(sig) is handler:
-                signal.signal(sig, original)
-
-    return restore
