@@ -193,7 +193,7 @@ async def _write(listener: asyncio.Task[None], send: Send, message: dict[str, ob
             logger.debug("stream write failed after the client left: %r", error)
             raise _ClientLeft from error
         raise
-    if listener.done() and not listener.cancelled():
+    if listener.done():
         raise _ClientLeft  # some servers drop writes after a disconnect without a word
 
 
@@ -202,8 +202,6 @@ async def _until_disconnect(receive: Receive, watcher: Watcher) -> None:
     try:
         while (await receive())["type"] != "http.disconnect":
             pass
-    except asyncio.CancelledError:
-        raise
     except Exception as error:  # a server that fails receive() once the client is gone
         logger.debug("receive() failed, taking the client as gone: %r", error)
     watcher.close()
