@@ -285,16 +285,9 @@ class Broker:
         between one second and that long before it reconnects, so that thousands of
         tabs do not reconnect to the next server in the same instant.
         """
+        longest = None if reconnect_within is None else max(_MIN_RECONNECT, reconnect_within)
         for watcher in list(self._watchers):
-            delay = None
-            if reconnect_within is not None:
-                delay = int(
-                    1000
-                    * (
-                        _MIN_RECONNECT
-                        + random.random() * max(0.0, reconnect_within - _MIN_RECONNECT)
-                    )
-                )
+            delay = None if longest is None else int(1000 * random.uniform(_MIN_RECONNECT, longest))
             watcher.close(reconnect_after=delay)
 
     def _resync(self) -> None:
