@@ -24,7 +24,7 @@ from litestar.response import Stream
 from streamui import Broker, Connect, JoinStream, Watch, datastar_script
 from streamui.litestar import StreamConfig, StreamPlugin
 
-__all__ = ["make_app"]
+__all__ = ["component", "invalidate", "make_app", "page_document"]
 
 # Annotations are evaluated at runtime (no `from __future__ import annotations`): Litestar
 # reads the handlers' signatures.
@@ -38,7 +38,8 @@ def _watchers(scopes: list[str], first: int) -> list[Element]:
     ]
 
 
-def _page(scopes: list[str], *, extra: Node = None) -> Element:
+def page_document(scopes: list[str], *, extra: Node = None) -> Element:
+    """One Watch per scope (re-fetching ``/component/{index}``), *extra*, then Connect()."""
     return html[
         head[title["streamui integration"], datastar_script()],
         body[h1["page"], _watchers(scopes, first=0), extra, Connect()],
@@ -50,33 +51,39 @@ async def _footer() -> Element:
     return p["rendered asynchronously"]
 
 
+@get("/component/{index:int}", media_type=MediaType.HTML)
+async def component(index: FromPath[int]) -> str:
+    """What the watchers of `page_document` re-fetch."""
+    return str(div(id=f"watch-{index}")[p[f"component {index}"]])
+
+
+@post("/invalidate", status_code=204)
+async def invalidate(
+    scope_name: Annotated[str, QueryParameter(name="scope")], broker: NamedDependency[Broker]
+) -> None:
+    """Invalidate ``?scope=`` through the ``broker`` dependency, as an app's handler would."""
+    await broker.invalidate(scope_name)
+
+
 def make_app(config: StreamConfig) -> tuple[Litestar, StreamPlugin]:
     """A new app serving streams with *config*, and its plugin (which owns the broker)."""
     plugin = StreamPlugin(config)
 
     @get("/page", media_type=MediaType.HTML)
     async def page(scopes: Scopes) -> str:
-        return str(_page(scopes))
+        return str(page_document(scopes))
 
     @get("/page/streamed", media_type=MediaType.HTML)
     async def streamed_page(scopes: Scopes, mode: FromQuery[Literal["sync", "async"]]) -> Stream:
         if mode == "sync":
-            return Stream(_page(scopes).iter_chunks(), media_type=MediaType.HTML)
-        return Stream(_page(scopes, extra=_footer()).aiter_chunks(), media_type=MediaType.HTML)
+            return Stream(page_document(scopes).iter_chunks(), media_type=MediaType.HTML)
+        return Stream(
+            page_document(scopes, extra=_footer()).aiter_chunks(), media_type=MediaType.HTML
+        )
 
     @get("/fragment", media_type=MediaType.HTML)
     async def fragment(scopes: Scopes, first: FromQuery[int] = 1000) -> str:
         return str(div(id="more")[_watchers(scopes, first=first), JoinStream()])
-
-    @get("/component/{index:int}", media_type=MediaType.HTML)
-    async def component(index: FromPath[int]) -> str:
-        return str(div(id=f"watch-{index}")[p[f"component {index}"]])
-
-    @post("/invalidate", status_code=204)
-    async def invalidate(
-        scope_name: Annotated[str, QueryParameter(name="scope")], broker: NamedDependency[Broker]
-    ) -> None:
-        await broker.invalidate(scope_name)
 
     app = Litestar(
         route_handlers=[page, streamed_page, fragment, component, invalidate],

@@ -20,8 +20,8 @@ import os
 from dataclasses import dataclass
 from typing import Annotated, Any, Final
 
-from htpy import Element, body, div, h1, head, html, p, title
-from litestar import Litestar, MediaType, Request, get, post
+from htpy import p
+from litestar import Litestar, MediaType, Request, get
 from litestar.config.compression import CompressionConfig
 from litestar.config.cors import CORSConfig
 from litestar.connection import ASGIConnection
@@ -33,10 +33,11 @@ from litestar.middleware import (
     DefineMiddleware,
 )
 from litestar.middleware.session.server_side import ServerSideSessionConfig
-from litestar.params import FromPath, QueryParameter
+from litestar.params import QueryParameter
 
-from streamui import Broker, Connect, Watch, datastar_script
+from streamui import Broker
 from streamui.litestar import StreamConfig, StreamPlugin
+from tests.integration.app import component, invalidate, page_document
 
 __all__ = [
     "CREDENTIAL",
@@ -99,21 +100,6 @@ class HeaderAuthentication(AbstractAuthenticationMiddleware):
         return AuthenticationResult(user=CREDENTIAL, auth=None)
 
 
-def _page(scopes: list[str]) -> Element:
-    return html[
-        head[title["streamui matrix"], datastar_script()],
-        body[
-            h1["matrix"],
-            [
-                Watch(value, f"/component/{index}", id=f"watch-{index}")[p[f"watching {value}"]]
-                for index, value in enumerate(scopes)
-            ],
-            p[_PADDING],
-            Connect(),
-        ],
-    ]
-
-
 def build_app(variant: Variant) -> Litestar:
     """The matrix app configured as *variant*."""
     plugin = StreamPlugin(
@@ -124,17 +110,7 @@ def build_app(variant: Variant) -> Litestar:
     async def page(request: Request[Any, Any, Any], scopes: Scopes) -> str:
         if variant.secured:
             request.session["views"] = request.session.get("views", 0) + 1
-        return str(_page(scopes))
-
-    @get("/component/{index:int}", media_type=MediaType.HTML)
-    async def component(index: FromPath[int]) -> str:
-        return str(div(id=f"watch-{index}")[p[f"component {index}"]])
-
-    @post("/invalidate", status_code=204)
-    async def invalidate(
-        scope_name: Annotated[str, QueryParameter(name="scope")], broker: NamedDependency[Broker]
-    ) -> None:
-        await broker.invalidate(scope_name)
+        return str(page_document(scopes, extra=p[_PADDING]))
 
     @get("/debug/counts")
     async def counts(broker: NamedDependency[Broker]) -> dict[str, int]:
