@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from types import TracebackType
     from typing import Self
 
-__all__ = ["BenchError", "ChunkedDecoder", "FanOutClient"]
+__all__ = ["BenchError", "ChunkedDecoder", "FanOutClient", "split_head"]
 
 _CONNECT_CONCURRENCY: Final = 128
 """Connections being set up at once; more overflows the server's accept backlog."""
@@ -33,6 +33,17 @@ _MAX_HEAD: Final = 16_384
 
 class BenchError(Exception):
     """Something in a benchmark run failed or hung; the message says what."""
+
+
+def split_head(received: bytes) -> tuple[bytes, bytes] | bytes:
+    """(response head, the body bytes after it), or *received* itself while the head is
+    incomplete; `BenchError` if it grows past any sane head."""
+    end = received.find(b"\r\n\r\n")
+    if end >= 0:
+        return received[:end], received[end + 4 :]
+    if len(received) > _MAX_HEAD:
+        raise BenchError("the stream response head is too long")
+    return received
 
 
 class ChunkedDecoder:
@@ -126,20 +137,17 @@ class _Stream(asyncio.Protocol):
 
     def _received(self, data: bytes, now: float) -> None:
         if self._head is not None:
-            head = self._head + data
-            end = head.find(b"\r\n\r\n")
-            if end < 0:
-                if len(head) > _MAX_HEAD:
-                    raise BenchError("the stream response head is too long")
-                self._head = head
+            split = split_head(self._head + data)
+            if isinstance(split, bytes):
+                self._head = split
                 return
             self._head = None
-            status, _, fields = head[:end].partition(b"\r\n")
+            head, data = split
+            status, _, fields = head.partition(b"\r\n")
             if not status.startswith(b"HTTP/1.1 200"):
                 raise BenchError(f"the stream request was answered {head[:500]!r}")
             if b"transfer-encoding: chunked" in fields.lower():
                 self._decoder = ChunkedDecoder()
-            data = head[end + 4 :]
         if self._decoder is not None:
             data = self._decoder.feed(data)
             if self._decoder.ended:

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Final, cast
 
 import uvloop
 
-from bench.client import BenchError, ChunkedDecoder
+from bench.client import BenchError, ChunkedDecoder, split_head
 from bench.process import HOST, positive, raise_open_file_limit
 from bench.restart_server import READY_LINE
 from bench.servers import SCOPE, SECRET_ENV, STREAMUI_PATH
@@ -58,7 +58,6 @@ WINDOW: Final = 0.1
 _CONNECT_CONCURRENCY: Final = 128
 _STARTUP_TIMEOUT: Final = 30.0
 _STOP_GRACE: Final = 5.0
-_MAX_HEAD: Final = 16_384
 
 
 # -- the servers --------------------------------------------------------------------------
@@ -163,17 +162,14 @@ class _Connection(asyncio.Protocol):
 
     def _received(self, data: bytes, now: float) -> None:
         if self._head is not None:
-            head = self._head + data
-            end = head.find(b"\r\n\r\n")
-            if end < 0:
-                if len(head) > _MAX_HEAD:
-                    raise BenchError("the stream response head is too long")
-                self._head = head
+            split = split_head(self._head + data)
+            if isinstance(split, bytes):
+                self._head = split
                 return
             self._head = None
+            head, data = split
             if not head.startswith(b"HTTP/1.1 200"):
                 raise BenchError(f"the stream request was answered {head[:300]!r}")
-            data = head[end + 4 :]
         text = self._text + self._body.feed(data)
         *frames, self._text = text.split(b"\n\n")
         for frame in frames:
