@@ -104,6 +104,10 @@ class StreamConfig:
     reconnect_spread: float = 5.0
     """Seconds: streams ended by a shutdown tell each browser to reconnect after a
     random delay between 1 s and this, so a restart does not arrive as one spike."""
+    share_across_tabs: bool = True
+    """One stream per browser: all tabs of a browser profile showing this app share the
+    stream of one of them (Web Locks + BroadcastChannel; per-tab streams where a browser
+    lacks them). False gives every tab its own stream."""
     compress: bool = False
     """Let the app's Litestar compression (``compression_config``) compress the stream.
     Off by default: events are ~100 bytes, and a compressed stream keeps a compressor
