@@ -25,13 +25,14 @@ import weakref
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
-from litestar import Controller, Request, get
+from litestar import Controller, Request, Response, get
 from litestar.di import Provide
 from litestar.exceptions import ClientException, NotFoundException, PermissionDeniedException
 from litestar.plugins import InitPlugin
 
+from streamui import client
 from streamui.broker import Broker
 from streamui.components import StreamEndpoint, merge_tokens, use_endpoint
 from streamui.errors import ConfigurationError, InvalidTokenError
@@ -63,6 +64,10 @@ Authorize = Callable[[Request[Any, Any, Any], tuple[str, ...]], bool | Awaitable
 """``authorize(request, scopes)``: return False to refuse the stream (403)."""
 
 _STATE_KEY = "streamui"
+_SINCE: Final = re.compile(r"[0-9]{1,16}")
+_SINCE_MARGIN: Final = 1.0
+"""Seconds taken off ``since``: it comes from event ids, revisions that run ahead of the
+clock by a millisecond per invalidation in a burst."""
 SECRET_ENV = "STREAMUI_SECRET"
 NATS_URL_ENV = "STREAMUI_NATS_URL"
 
@@ -119,6 +124,11 @@ class StreamConfig:
         for name in ("max_scopes", "max_tokens", "max_data_bytes"):
             if getattr(self, name) < 1:
                 raise ConfigurationError(f"{name} must be at least 1, got {getattr(self, name)!r}")
+        if self.share_across_tabs and self.max_tokens < 2:
+            raise ConfigurationError(
+                "share_across_tabs needs max_tokens of at least 2 (the shared stream merges "
+                f"the tokens of many tabs, a few at a time), got {self.max_tokens!r}"
+            )
         if self.heartbeat <= 0:
             raise ConfigurationError(f"heartbeat must be positive seconds, got {self.heartbeat!r}")
         if self.max_lifetime is not None and self.max_lifetime <= 0:
@@ -137,7 +147,10 @@ class _State:
 
 
 class StreamController(Controller):
-    """Serves ``GET <path>?t=<token>[&t=<token>…]`` as a Datastar SSE stream."""
+    """Serves ``GET <path>?t=<token>[&t=<token>…][&since=<ms>]`` as a Datastar SSE stream,
+    and ``GET <path>/merge?t=<token>…``, which answers ``{"token": …}``: one token for the
+    union of the scopes of several (streamui's module uses it for the stream it shares
+    between tabs, when their tokens are more than ``max_tokens``)."""
 
     path = "/streamui/stream"
     include_in_schema = False
@@ -150,27 +163,8 @@ class StreamController(Controller):
             # Litestar also routes //path, path/ and path%2F here; a proxy rule that
             # matches the exact path must not be sidestepped by another spelling.
             raise NotFoundException(f"the stream is served at {config.path!r} only")
-        tokens = [token for token in request.query_params.getall("t", []) if token]
-        if not tokens:
-            raise ClientException("missing stream token: the URL needs ?t=<token> from Connect()")
-        if len(tokens) > config.max_tokens:
-            raise ClientException(
-                f"too many stream tokens: {len(tokens)}, the limit is {config.max_tokens}"
-            )
-        verified = []
-        for token in tokens:
-            try:
-                verified.append(state.endpoint.signer.verify(token))
-            except InvalidTokenError as error:
-                raise PermissionDeniedException(_refusal(state, token, error)) from None
-        if state.broker.transport.sees_all_publishes:
-            _check_one_process(state, verified)
-        scopes = dict.fromkeys(value for token in verified for value in token.scopes)
-        if len(scopes) > config.max_scopes:
-            raise ClientException(
-                f"too many scopes: {len(scopes)}, the limit is {config.max_scopes}"
-            )
-        watched = tuple(scopes)
+        since = _since(request)
+        verified, watched = _verified(state, request)
         if config.authorize is not None:
             allowed = config.authorize(request, watched)
             if inspect.isawaitable(allowed):
@@ -184,15 +178,80 @@ class StreamController(Controller):
             event = merge_tokens(state.endpoint, verified, event_id=opening_id)
             return event.encode() if event is not None else b""
 
+        # With since (streamui's module, which knows what its tabs have seen), the stream
+        # catches up on what was invalidated after it; a client that lies only gets more
+        # pushes, or misses its own updates.
         return EventStream(
             state.broker,
             watched,
-            rendered_at=max(token.issued_at for token in verified),
-            resume=bool(request.headers.get("last-event-id")),
+            rendered_at=(
+                _since_time(state.broker, since)
+                if since is not None
+                else max(token.issued_at for token in verified)
+            ),
+            resume=since is None and bool(request.headers.get("last-event-id")),
             heartbeat=config.heartbeat,
             max_lifetime=config.max_lifetime,
             greeting=merge,
         )
+
+    @get("/merge", name="streamui:merge", cache=False)
+    async def merge(self, request: Request[Any, Any, Any]) -> Response[dict[str, str]]:
+        state: _State = request.app.state[_STATE_KEY]
+        verified, watched = _verified(state, request)
+        # The oldest render: a merged token never claims a later one than its parts.
+        token = state.endpoint.signer.sign(
+            watched, issued_at=min(token.issued_at for token in verified)
+        )
+        return Response({"token": token}, headers={"cache-control": "no-store"})
+
+
+def _since(request: Request[Any, Any, Any]) -> int | None:
+    value = request.query_params.get("since")
+    if value is None:
+        return None
+    if not _SINCE.fullmatch(value):
+        raise ClientException(
+            f"since must be a time in milliseconds (digits only), got {value[:40]!r}"
+        )
+    return int(value)
+
+
+def _since_time(broker: Broker, since: int) -> float:
+    """The time to catch up from for *since* (ms): a margin earlier, but never before the
+    broker started when *since* is later (nothing before it is known, and the catch-up
+    would push every scope)."""
+    at = since / 1000
+    started = broker.started_at
+    if started is not None and at >= started:
+        return max(at - _SINCE_MARGIN, started)
+    return at - _SINCE_MARGIN
+
+
+def _verified(
+    state: _State, request: Request[Any, Any, Any]
+) -> tuple[list[StreamToken], tuple[str, ...]]:
+    """The request's tokens, verified, and the scopes they grant (4xx with a reason if not)."""
+    config = state.config
+    tokens = [token for token in request.query_params.getall("t", []) if token]
+    if not tokens:
+        raise ClientException("missing stream token: the URL needs ?t=<token> from Connect()")
+    if len(tokens) > config.max_tokens:
+        raise ClientException(
+            f"too many stream tokens: {len(tokens)}, the limit is {config.max_tokens}"
+        )
+    verified = []
+    for token in tokens:
+        try:
+            verified.append(state.endpoint.signer.verify(token))
+        except InvalidTokenError as error:
+            raise PermissionDeniedException(_refusal(state, token, error)) from None
+    if state.broker.transport.sees_all_publishes:
+        _check_one_process(state, verified)
+    scopes = dict.fromkeys(value for token in verified for value in token.scopes)
+    if len(scopes) > config.max_scopes:
+        raise ClientException(f"too many scopes: {len(scopes)}, the limit is {config.max_scopes}")
+    return verified, tuple(scopes)
 
 
 # -- several processes where one is expected ------------------------------------------------
@@ -297,7 +356,11 @@ class StreamPlugin(InitPlugin):
                 f"the token secret: set StreamConfig(secret=...) or {SECRET_ENV}"
             )
         self.endpoint = StreamEndpoint(
-            config.path, TokenSigner(config.secret, max_age=config.token_max_age)
+            config.path,
+            TokenSigner(config.secret, max_age=config.token_max_age),
+            client_url=client.url_for(config.path) if config.share_across_tabs else None,
+            max_tokens=config.max_tokens,
+            max_scopes=config.max_scopes,
         )
 
     def on_app_init(self, app_config: AppConfig) -> AppConfig:
@@ -305,6 +368,8 @@ class StreamPlugin(InitPlugin):
         app_config.state[_STATE_KEY] = state
         controller = type("StreamController", (StreamController,), {"path": self.config.path})
         app_config.route_handlers.append(controller)
+        if self.endpoint.client_url is not None:
+            app_config.route_handlers.append(_client_handler(self.endpoint.client_url))
         if self.config.dependency_key not in app_config.dependencies:
             broker = self.broker
 
@@ -352,6 +417,20 @@ class StreamPlugin(InitPlugin):
                 await app(scope, receive, send)
 
         return with_endpoint
+
+
+def _client_handler(url: str) -> Any:
+    """The route serving streamui's browser module at *url* (which names its digest)."""
+
+    @get(url, name="streamui:client", include_in_schema=False, media_type=client.MEDIA_TYPE)
+    async def streamui_client() -> Response[bytes]:
+        return Response(
+            client.source(),
+            media_type=client.MEDIA_TYPE,
+            headers={"cache-control": client.CACHE_CONTROL},
+        )
+
+    return streamui_client
 
 
 def _is_exact_path(request: Request[Any, Any, Any], path: str) -> bool:
