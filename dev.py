@@ -5,7 +5,8 @@
     python3 dev.py demo-cluster
                              run it on two workers (:8000 and :8001) that share a managed
                              nats-server and a SQLite file; open one window on each
-    python3 dev.py test      lint, type-check and run the whole test suite
+    python3 dev.py test      lint, type-check (Python, and the package's JavaScript with
+                             tsc, installed with npm) and run the whole test suite
     python3 dev.py bench     run the benchmarks (bench/)
 
 Each command creates or refreshes the virtual environment in .venv (re-installing when
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -50,6 +52,39 @@ def ensure_venv() -> None:
     STAMP.write_text(wanted)
 
 
+TYPESCRIPT = "typescript@5.9.3"
+"""Checks the JavaScript the package ships (tsconfig.json); installed with npm into .venv."""
+TSC = VENV / "node" / "node_modules" / ".bin" / "tsc"
+
+
+def ensure_typescript() -> Path | None:
+    """The TypeScript compiler, installed on first use; None without Node.js (outside CI)."""
+    stamp = VENV / "node" / ".installed"
+    if TSC.exists() and stamp.exists() and stamp.read_text() == TYPESCRIPT:
+        return TSC
+    npm = shutil.which("npm")
+    if npm is None or shutil.which("node") is None:
+        if os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}:
+            sys.exit("checking the package's JavaScript needs Node.js and npm (CI=true)")
+        print("! Node.js/npm not found: skipping the JavaScript type check", flush=True)
+        return None
+    # No package.json or lock file in the repository: the one tool, pinned here.
+    run(
+        npm,
+        "install",
+        "--prefix",
+        VENV / "node",
+        "--no-save",
+        "--no-package-lock",
+        "--no-audit",
+        "--no-fund",
+        "--loglevel=error",
+        TYPESCRIPT,
+    )
+    stamp.write_text(TYPESCRIPT)
+    return TSC
+
+
 def demo() -> None:
     ensure_venv()
     run(PYTHON, "-m", "examples.showcase")
@@ -76,6 +111,9 @@ def test() -> None:
     ensure_venv()
     run(BIN / "ruff", "check", "src", "tests", "examples", "bench")
     run(BIN / "mypy", "--strict", "src", "tests", "examples", "bench")
+    tsc = ensure_typescript()
+    if tsc is not None:
+        run(tsc, "--project", "tsconfig.json")
     # pytest exits 5 when it collected no test: that must fail, like any other error.
     run(BIN / "pytest", *sys.argv[2:])
 

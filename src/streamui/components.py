@@ -90,10 +90,17 @@ _RETRY_MAX_COUNT: Final = 1_000_000_000
 
 @dataclass(frozen=True, slots=True)
 class StreamEndpoint:
-    """Where the stream is served and how its tokens are signed."""
+    """Where the stream is served, how its tokens are signed, and whether tabs share it."""
 
     path: str = "/streamui/stream"
     signer: TokenSigner = field(default_factory=TokenSigner)
+    client_url: str | None = None
+    """URL of streamui's browser module (`streamui.client`): set, the tabs of a browser
+    share one stream; None gives every tab its own (Datastar only)."""
+    merge_path: str | None = None
+    """Where the module has tokens merged (default: ``<path>/merge``)."""
+    max_tokens: int = 16
+    max_scopes: int = 64
 
 
 _endpoint: ContextVar[StreamEndpoint | None] = ContextVar("streamui_endpoint", default=None)
@@ -383,11 +390,21 @@ class _LazyComponent:
     __html__ = __str__
 
 
+_MIRROR: Final = (
+    f"el.dataset.streamuiState = JSON.stringify([${TOKENS_NAMESPACE}, "
+    f"Object.keys(${SIGNAL_NAMESPACE})])"
+)
+"""Connect's effect when tabs share a stream: it mirrors the tab's tokens and watched keys
+into an attribute, where streamui's module (which needs nothing from Datastar) reads them."""
+
+
 def Connect(path: str | None = None, *, endpoint: StreamEndpoint | None = None) -> _LazyComponent:
     """Open the tab's stream for every scope watched before this point of the page.
 
     Place it after the page content (e.g. last in ``<body>``). Renders nothing when no
-    scope was registered.
+    scope was registered. With an endpoint that shares streams across tabs (the Litestar
+    plugin's default), it also loads streamui's module, which joins the browser's shared
+    stream; otherwise, and where a browser lacks what sharing needs, the tab opens its own.
     """
 
     def render() -> Element | None:
@@ -406,16 +423,29 @@ def Connect(path: str | None = None, *, endpoint: StreamEndpoint | None = None) 
             retry_max_count=_RETRY_MAX_COUNT,
             include_signals="^$",
         )
+        signals = _signals_json(_token_signals(chosen, scopes, rendered_at))
+        if chosen.client_url is None:
+            return div(
+                {"id": CONNECT_ID, "data-signals__ifmissing": signals, "data-effect": get},
+                hidden=True,
+            )
+        config = {
+            "path": stream_path,
+            "mergePath": chosen.merge_path or f"{stream_path}/merge",
+            "maxTokens": chosen.max_tokens,
+            "maxScopes": chosen.max_scopes,
+            "mergeOver": MERGE_TOKENS_OVER,
+        }
         return div(
             {
                 "id": CONNECT_ID,
-                "data-signals__ifmissing": _signals_json(
-                    _token_signals(chosen, scopes, rendered_at)
-                ),
-                "data-effect": get,
+                "data-signals__ifmissing": signals,
+                "data-effect": _MIRROR,
+                "data-streamui": json.dumps(config, separators=(",", ":")),
+                "data-streamui-fallback": get,
             },
             hidden=True,
-        )
+        )[script(type="module", src=chosen.client_url)]
 
     return _LazyComponent(render)
 

@@ -1,0 +1,740 @@
+// @ts-check
+/**
+ * streamui in the browser: one stream per browser, shared by all its tabs.
+ *
+ * `Connect()` renders a hidden element (#streamui-connect) whose Datastar effect mirrors
+ * the tab's stream tokens and watched keys into its `data-streamui-state` attribute, and
+ * loads this module. Every tab of the app (same origin and stream path) joins a
+ * BroadcastChannel and asks for a Web Lock; the tab holding the lock (the leader) opens
+ * one stream for the union of every tab's tokens and posts each event to the channel.
+ * Every tab applies the events for the keys it watches to its own signals, through
+ * Datastar's own `data-signals` attribute on an element of its own (so any Datastar
+ * 1.0.x works, however it was loaded). A hidden tab keeps what arrives and applies it,
+ * coalesced, once it is visible again.
+ *
+ * - The lock is released when the leader's tab closes, crashes or navigates away; the
+ *   next tab in the lock's queue takes over at once and opens the stream again, caught
+ *   up from the last event it saw (`since`), so nothing invalidated meanwhile is lost.
+ * - A frozen leader keeps its lock: a visible tab that hears nothing from the leader
+ *   (it posts a beat every second) pings it, and steals the lock if it stays silent.
+ * - The stream closes a few seconds after every tab is hidden, and opens again when one
+ *   is shown. A tab that joins, or adds scopes, makes the leader open a stream with the
+ *   new union before it closes the old one, so no invalidation falls in between.
+ * - Where the browser has no Web Locks or BroadcastChannel, and for a tab whose scopes
+ *   would take the shared stream over its scope limit, the tab opens its own stream with
+ *   Datastar, as it does with sharing turned off.
+ */
+
+const PROTOCOL = 1;
+const BEAT_MS = 1000;
+/** A visible follower that heard nothing from the leader for this long pings it. */
+const SILENT_MS = 3000;
+/** ...and takes the lead if the leader still says nothing this long after the ping. */
+const PING_MS = 1500;
+/** The stream closes once every tab has been hidden for this long. */
+const HIDDEN_CLOSE_MS = 5000;
+/** The leader forgets tabs whose lock is gone (crashed) this often. */
+const PRUNE_MS = 5000;
+/** How long a replaced stream is still read (frames already on their way). */
+const RETIRE_MS = 1000;
+const RETRY_MIN_MS = 1000;
+const RETRY_MAX_MS = 30000;
+
+/**
+ * @typedef {{path: string, mergePath: string, maxTokens: number, maxScopes: number, mergeOver: number}} Config
+ * @typedef {{name: string, token: string, at: number, scopes: string[]}} Token
+ * @typedef {{tokens: Token[], keys: string[], visible: boolean}} TabInfo
+ * @typedef {{_stream?: Record<string, unknown>, _streamData?: Record<string, unknown>}} Patch
+ * @typedef {{v: number, from: string, type: string, [field: string]: unknown}} Message
+ */
+
+/** A random id for this tab (or one stream). */
+function newId() {
+  return Math.random().toString(36).slice(2, 10) + Date.now().toString(36);
+}
+
+/**
+ * What a stream token says about itself: its scopes and when it was rendered (ms).
+ * Read without checking the signature, which only the server can; used to choose what
+ * to ask for, never to grant anything.
+ * @param {string} name
+ * @param {string} token
+ * @returns {Token}
+ */
+function readToken(name, token) {
+  try {
+    const base64 = token.split(".")[0].replace(/-/g, "+").replace(/_/g, "/");
+    const claims = JSON.parse(atob(base64));
+    return { name, token, at: Number(claims.t) || 0, scopes: claims.s || [] };
+  } catch {
+    return { name, token, at: 0, scopes: [] };
+  }
+}
+
+/**
+ * Merge *patch* into *into* (later values win), both shaped like a signals patch.
+ * @param {Patch} into
+ * @param {Patch} patch
+ */
+function mergeInto(into, patch) {
+  for (const space of /** @type {const} */ (["_stream", "_streamData"])) {
+    const values = patch[space];
+    if (values) into[space] = { ...into[space], ...values };
+  }
+}
+
+/**
+ * Only the keys in *keys*, or null if none is left.
+ * @param {Patch} patch
+ * @param {Set<string>} keys
+ * @returns {Patch | null}
+ */
+function restrict(patch, keys) {
+  /** @type {Patch} */
+  const mine = {};
+  let any = false;
+  for (const space of /** @type {const} */ (["_stream", "_streamData"])) {
+    const values = patch[space];
+    if (!values) continue;
+    for (const [key, value] of Object.entries(values)) {
+      if (!keys.has(key)) continue;
+      (mine[space] ??= {})[key] = value;
+      any = true;
+    }
+  }
+  return any ? mine : null;
+}
+
+/**
+ * Parse a Server-Sent-Events body, calling *onEvent* for each event (or id-only frame).
+ * @param {ReadableStream<Uint8Array>} body
+ * @param {(event: {type: string, id: string | null, data: string, retry: number | null}) => void} onEvent
+ */
+async function readEvents(body, onEvent) {
+  const reader = body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  /** @type {{type: string, id: string | null, data: string[], retry: number | null}} */
+  let event = { type: "", id: null, data: [], retry: null };
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += decoder.decode(value, { stream: true });
+    const lines = buffer.split(/\r\n|\r|\n/);
+    buffer = lines.pop() ?? "";
+    for (const line of lines) {
+      if (line === "") {
+        onEvent({ ...event, data: event.data.join("\n") });
+        event = { type: "", id: null, data: [], retry: null };
+        continue;
+      }
+      if (line.startsWith(":")) continue;
+      const colon = line.indexOf(":");
+      const field = colon < 0 ? line : line.slice(0, colon);
+      let text = colon < 0 ? "" : line.slice(colon + 1);
+      if (text.startsWith(" ")) text = text.slice(1);
+      if (field === "event") event.type = text;
+      else if (field === "data") event.data.push(text);
+      else if (field === "id") event.id = text;
+      else if (field === "retry" && /^\d+$/.test(text)) event.retry = Number(text);
+    }
+  }
+}
+
+/**
+ * One browser tab of the app: follows the leader, or leads.
+ */
+class Tab {
+  /**
+   * @param {HTMLElement} connect
+   * @param {Config} config
+   */
+  constructor(connect, config) {
+    this.connect = connect;
+    this.config = config;
+    this.id = newId();
+    /** @type {Token[]} */
+    this.tokens = [];
+    /** @type {Set<string>} */
+    this.keys = new Set();
+    /** @type {Patch | null} what arrived while hidden */
+    this.held = null;
+    /** @type {HTMLElement | null} */
+    this.inbox = null;
+    this.alone = false;
+    /** Whether it holds its tab lock (and has said hello). */
+    this.present = false;
+    this.closed = false;
+    // What every tab keeps, so that any of them can take the lead at once:
+    /** @type {Map<string, TabInfo>} */
+    this.tabs = new Map();
+    /** @type {Set<string>} the tabs the leader's stream serves */
+    this.joined = new Set();
+    /** @type {number | null} ms, server clock: every served tab has all invalidations before it */
+    this.synced = null;
+    /** @type {string | null} */
+    this.leaderId = null;
+    this.heardAt = performance.now();
+    /** @type {number | null} */
+    this.pingedAt = null;
+    /** @type {Leader | null} */
+    this.leader = null;
+    this.queued = new AbortController();
+    /** @type {(() => void)[]} */
+    this.releases = [];
+    this.channel = new BroadcastChannel(`streamui:${config.path}`);
+    this.timer = 0;
+  }
+
+  get lock() {
+    return `streamui:${this.config.path}`;
+  }
+
+  /** @param {string} id */
+  tabLock(id) {
+    return `${this.lock}:tab:${id}`;
+  }
+
+  get visible() {
+    return document.visibilityState === "visible";
+  }
+
+  start() {
+    this.channel.onmessage = (message) => this.receive(message.data);
+    this.timer = setInterval(() => this.tick(), BEAT_MS);
+    // Held while the tab lives: the leader forgets tabs whose lock is gone. The tab
+    // introduces itself once it holds it, so it is never forgotten for lack of it.
+    this.hold(this.tabLock(this.id), {}, () => {
+      this.present = true;
+      this.announce(true);
+      this.queueForLead();
+    });
+    new MutationObserver(() => this.readState()).observe(this.connect, {
+      attributeFilter: ["data-streamui-state"],
+    });
+    document.addEventListener("visibilitychange", () => {
+      this.show();
+      if (this.visible) this.heardAt = performance.now();
+      this.announce(false);
+    });
+    this.connect.dataset.streamuiRole = "follower";
+    this.readState();
+  }
+
+  /**
+   * Hold the Web Lock *name* until the tab closes; *onGranted* runs once it is ours.
+   * @param {string} name
+   * @param {LockOptions} options
+   * @param {() => void} [onGranted]
+   */
+  hold(name, options, onGranted) {
+    return navigator.locks.request(name, options, () => {
+      if (this.closed) return undefined;
+      onGranted?.();
+      return new Promise((resolve) => this.releases.push(() => resolve(undefined)));
+    });
+  }
+
+  queueForLead() {
+    this.queued = new AbortController();
+    this.hold(this.lock, { signal: this.queued.signal }, () => this.lead()).catch(() => {
+      // Withdrawn to steal the lock, or stolen from this (frozen) tab by another.
+      this.resign();
+      if (!this.closed && !this.leader) this.queueForLead();
+    });
+  }
+
+  lead() {
+    this.leaderId = this.id;
+    this.leader = new Leader(this);
+    this.leader.reconcile();
+  }
+
+  resign() {
+    this.leader?.stop();
+    this.leader = null;
+    if (!this.alone) this.connect.dataset.streamuiRole = "follower";
+  }
+
+  /** Read the tokens and keys that Connect's effect mirrors into the element. */
+  readState() {
+    const state = this.connect.dataset.streamuiState;
+    if (!state) return;
+    const [tokens, keys] = /** @type {[Record<string, unknown>, string[]]} */ (JSON.parse(state));
+    this.tokens = Object.entries(tokens || {}).flatMap(([name, token]) =>
+      typeof token === "string" ? [readToken(name, token)] : [],
+    );
+    this.keys = new Set(keys);
+    this.announce(false);
+  }
+
+  /** @returns {TabInfo} */
+  info() {
+    return { tokens: this.tokens, keys: [...this.keys], visible: this.visible };
+  }
+
+  /**
+   * @param {string} type
+   * @param {Record<string, unknown>} [fields]
+   */
+  post(type, fields = {}) {
+    if (!this.closed) this.channel.postMessage({ v: PROTOCOL, from: this.id, type, ...fields });
+  }
+
+  /** Tell every tab what this one watches. @param {boolean} ask that they say too */
+  announce(ask) {
+    this.update(this.id, this.info());
+    if (this.present) this.post("hello", { info: this.info(), ask });
+  }
+
+  /**
+   * @param {string} id
+   * @param {TabInfo} info
+   */
+  update(id, info) {
+    const names = (/** @type {TabInfo | undefined} */ entry) =>
+      entry ? entry.tokens.map((t) => t.name).join() : "";
+    if (names(this.tabs.get(id)) !== names(info)) this.joined.delete(id);
+    this.tabs.set(id, info);
+    this.leader?.reconcile();
+  }
+
+  /** @param {Message} message */
+  receive(message) {
+    if (message?.v !== PROTOCOL || this.closed) return;
+    const from = message.from;
+    if (from === this.leaderId) {
+      this.heardAt = performance.now();
+      this.pingedAt = null;
+    }
+    switch (message.type) {
+      case "hello":
+        this.update(from, /** @type {TabInfo} */ (message.info));
+        if (message.ask) this.announce(false);
+        break;
+      case "bye":
+        this.tabs.delete(from);
+        this.joined.delete(from);
+        this.leader?.reconcile();
+        break;
+      case "lead":
+      case "beat":
+        if (this.leaderId !== from) {
+          this.leaderId = from;
+          this.heardAt = performance.now();
+          this.pingedAt = null;
+          if (message.type === "lead") this.announce(false);
+        }
+        this.synced = /** @type {number | null} */ (message.synced);
+        this.joined = new Set(/** @type {string[]} */ (message.joined));
+        break;
+      case "ping":
+        this.leader?.beat();
+        break;
+      case "patch":
+        if (from !== this.leaderId) return; // from a leader that lost the lock meanwhile
+        this.synced = /** @type {number | null} */ (message.synced);
+        this.apply(/** @type {Patch} */ (message.patch));
+        break;
+      case "overflow":
+        if (message.tab === this.id) this.streamAlone();
+        break;
+    }
+  }
+
+  /** Apply *patch* to this tab's signals now, or once it is visible. @param {Patch} patch */
+  apply(patch) {
+    const mine = restrict(patch, this.keys);
+    if (!mine) return;
+    if (this.visible) return this.write(mine);
+    mergeInto((this.held ??= {}), mine);
+  }
+
+  /** Visible again: apply what arrived meanwhile, in one patch. */
+  show() {
+    if (!this.visible || !this.held) return;
+    const held = this.held;
+    this.held = null;
+    this.write(held);
+  }
+
+  /** @param {Patch} patch */
+  write(patch) {
+    if (!this.inbox) {
+      this.inbox = document.createElement("div");
+      this.inbox.hidden = true;
+      this.connect.append(this.inbox);
+    }
+    // Datastar rewrites `$name` and `@name(` even inside string literals: escape both.
+    const literal = JSON.stringify(patch).replace(/\$/g, "\\u0024").replace(/@/g, "\\u0040");
+    this.inbox.setAttribute("data-signals", literal);
+  }
+
+  tick() {
+    if (this.leader) return this.leader.tick();
+    if (!this.visible || this.alone) return;
+    const now = performance.now();
+    if (this.pingedAt === null) {
+      if (now - this.heardAt > SILENT_MS) {
+        this.pingedAt = now;
+        this.post("ping");
+      }
+    } else if (now - this.pingedAt > PING_MS) {
+      // The leader holds the lock but does not answer (a frozen tab): take over.
+      console.info("streamui: the tab holding the stream does not answer; this one takes over");
+      this.pingedAt = null;
+      this.heardAt = now;
+      this.queued.abort();
+      this.hold(this.lock, { steal: true }, () => this.lead()).catch(() => this.resign());
+    }
+  }
+
+  /** This tab's scopes do not fit in the shared stream: it opens its own. */
+  streamAlone() {
+    if (this.alone) return;
+    this.alone = true;
+    ownStream(this.connect);
+  }
+
+  close() {
+    if (this.closed) return;
+    this.post("bye");
+    this.closed = true;
+    clearInterval(this.timer);
+    this.leader?.stop();
+    this.queued.abort();
+    for (const release of this.releases) release();
+    this.channel.close();
+  }
+}
+
+/**
+ * The tab that holds the lock: opens the shared stream and posts its events.
+ */
+class Leader {
+  /** @param {Tab} tab */
+  constructor(tab) {
+    this.tab = tab;
+    /** @type {Connection | null} the stream events come from */
+    this.live = null;
+    /** @type {Connection | null} a stream being opened to replace it */
+    this.opening = null;
+    /** @type {number | null} */
+    this.hiddenSince = null;
+    this.retryMs = RETRY_MIN_MS;
+    this.retryAt = 0;
+    this.prunedAt = performance.now();
+    /** @type {{parts: string[], token: string} | null} the last tokens the server merged */
+    this.merged = null;
+    /** @type {Set<Connection>} streams replaced a moment ago, still read */
+    this.retiring = new Set();
+    /** @type {Set<string>} tabs whose scopes do not fit in the shared stream */
+    this.overflow = new Set();
+    tab.connect.dataset.streamuiRole = "leader";
+    tab.post("lead", { synced: tab.synced, joined: [...tab.joined] });
+  }
+
+  beat() {
+    const tab = this.tab;
+    tab.post("beat", { synced: tab.synced, joined: [...tab.joined] });
+  }
+
+  tick() {
+    this.beat();
+    if (performance.now() - this.prunedAt > PRUNE_MS) {
+      this.prunedAt = performance.now();
+      void this.prune();
+    }
+    this.reconcile();
+  }
+
+  /** Forget tabs that are gone without a word (their tab lock was released). */
+  async prune() {
+    const state = await navigator.locks.query();
+    const held = new Set((state.held || []).map((lock) => lock.name));
+    const tab = this.tab;
+    let changed = false;
+    for (const id of tab.tabs.keys()) {
+      if (id !== tab.id && !held.has(tab.tabLock(id))) {
+        tab.tabs.delete(id);
+        tab.joined.delete(id);
+        changed = true;
+      }
+    }
+    if (changed) this.reconcile();
+  }
+
+  /** Open, replace or close the stream so that it serves what the open tabs need. */
+  reconcile() {
+    const tab = this.tab;
+    if (tab.leader !== this) return;
+    const now = performance.now();
+    if (![...tab.tabs.values()].some((info) => info.visible)) {
+      this.hiddenSince ??= now;
+      if (now - this.hiddenSince >= HIDDEN_CLOSE_MS) this.stop();
+      return;
+    }
+    this.hiddenSince = null;
+    if (this.opening || now < this.retryAt) return;
+    const waiting = [...tab.tabs.entries()].filter(
+      ([id, info]) => info.tokens.length && !tab.joined.has(id) && !this.overflow.has(id),
+    );
+    if (this.live && waiting.length === 0) return;
+    void this.open();
+  }
+
+  /** Open a stream for every tab (that fits), then let it replace the live one. */
+  async open() {
+    const tab = this.tab;
+    const { maxScopes } = tab.config;
+    const live = this.live;
+    // Tabs already served first, so a tab that does not fit is a new one.
+    const ids = [...tab.tabs.keys()].sort(
+      (a, b) => Number(!tab.joined.has(a)) - Number(!tab.joined.has(b)),
+    );
+    /** @type {Map<string, Token>} the newest token of each name (a name is a scope set) */
+    const chosen = new Map();
+    /** @type {Set<string>} */
+    const scopes = new Set();
+    /** @type {string[]} */
+    const served = [];
+    /** @type {number[]} */
+    const since = [];
+    for (const id of ids) {
+      const info = /** @type {TabInfo} */ (tab.tabs.get(id));
+      if (this.overflow.has(id) || !info.tokens.length) continue;
+      const more = new Set(info.tokens.flatMap((t) => t.scopes).filter((s) => !scopes.has(s)));
+      if (scopes.size + more.size > maxScopes) {
+        // More scopes than one stream may watch: that tab streams on its own.
+        this.overflow.add(id);
+        tab.post("overflow", { tab: id });
+        if (id === tab.id) tab.streamAlone();
+        continue;
+      }
+      for (const s of more) scopes.add(s);
+      for (const t of info.tokens) {
+        const known = chosen.get(t.name);
+        if (!known || known.at < t.at) chosen.set(t.name, t);
+      }
+      served.push(id);
+      // Catch up from the oldest point a served tab may have missed something: its
+      // render, for a tab not served yet; for the others, nothing while the live stream
+      // serves them until this one opens, else the last point the tabs reached.
+      if (!tab.joined.has(id)) since.push(...info.tokens.map((t) => t.at));
+      else if (!live) since.push(tab.synced ?? Math.min(...info.tokens.map((t) => t.at)));
+    }
+    if (!served.length) return;
+    const connection = new Connection(this, served, since.length ? Math.min(...since) : null);
+    this.opening = connection;
+    /** @type {string[]} */
+    let tokens;
+    try {
+      tokens = await this.compact([...chosen.values()].map((t) => t.token), connection.abort.signal);
+    } catch (error) {
+      if (!connection.abort.signal.aborted) {
+        console.error(`streamui: ${error instanceof Error ? error.message : error}`);
+        this.ended(connection, null);
+      }
+      return;
+    }
+    void connection.run(tokens);
+  }
+
+  /**
+   * *tokens*, or fewer that grant the same scopes: over a few tokens, the URL gets one
+   * that the server merged (it merges a previous merge and the tokens added since).
+   * @param {string[]} tokens
+   * @param {AbortSignal} signal
+   * @returns {Promise<string[]>}
+   */
+  async compact(tokens, signal) {
+    const { maxTokens, mergeOver } = this.tab.config;
+    const last = this.merged;
+    let list = tokens;
+    if (last && last.parts.every((token) => tokens.includes(token))) {
+      list = [last.token, ...tokens.filter((token) => !last.parts.includes(token))];
+    }
+    if (list.length <= mergeOver) return list;
+    while (list.length > 1) {
+      const merged = await merge(this.tab.config, list.slice(0, maxTokens), signal);
+      list = [merged, ...list.slice(maxTokens)];
+    }
+    this.merged = { parts: tokens, token: list[0] };
+    return list;
+  }
+
+  /**
+   * *connection* opened: it replaces the live stream.
+   * @param {Connection} connection
+   */
+  opened(connection) {
+    if (this.opening !== connection) return;
+    this.opening = null;
+    // The old stream keeps going a moment: a frame it was sent just before this one
+    // subscribed may still be on its way (events are revisions: applying one twice is
+    // harmless).
+    const old = this.live;
+    if (old) {
+      this.retiring.add(old);
+      setTimeout(() => {
+        this.retiring.delete(old);
+        old.close();
+      }, RETIRE_MS);
+    }
+    this.live = connection;
+    this.retryMs = RETRY_MIN_MS;
+    const tab = this.tab;
+    tab.joined = new Set(connection.served);
+    if (connection.since !== null) tab.synced = connection.since;
+    this.beat();
+    this.reconcile(); // tabs that came meanwhile
+  }
+
+  /**
+   * *connection* failed to open, or ended.
+   * @param {Connection} connection
+   * @param {number | null} retry the delay the server asked for, if any
+   */
+  ended(connection, retry) {
+    if (this.opening === connection) this.opening = null;
+    if (this.live === connection) this.live = null;
+    const delay = retry ?? this.retryMs;
+    this.retryMs = retry === null ? Math.min(this.retryMs * 2, RETRY_MAX_MS) : RETRY_MIN_MS;
+    this.retryAt = performance.now() + delay;
+    setTimeout(() => this.reconcile(), delay);
+  }
+
+  /**
+   * An event from *connection*: post it to the other tabs and apply it here.
+   * @param {Connection} connection
+   * @param {string} data
+   * @param {number | null} id
+   */
+  event(connection, data, id) {
+    if (connection !== this.live && !this.retiring.has(connection)) return;
+    if (!data.startsWith("signals ")) return;
+    const tab = this.tab;
+    /** @type {Patch & {_streamTokens?: unknown}} */
+    const signals = JSON.parse(data.slice("signals ".length));
+    // A merge of the stream's tokens: the leader builds its own URLs, tabs keep theirs.
+    delete signals._streamTokens;
+    if (connection === this.live && id !== null) tab.synced = Math.max(tab.synced ?? 0, id);
+    if (!signals._stream && !signals._streamData) return;
+    tab.post("patch", { patch: signals, synced: tab.synced });
+    tab.apply(signals);
+  }
+
+  stop() {
+    for (const connection of [this.live, this.opening, ...this.retiring]) connection?.close();
+    this.retiring.clear();
+    this.live = this.opening = null;
+  }
+}
+
+/**
+ * Have the server merge *tokens* into one (for a union over the endpoint's token limit).
+ * @param {Config} config
+ * @param {string[]} tokens
+ * @param {AbortSignal} signal
+ * @returns {Promise<string>}
+ */
+async function merge(config, tokens, signal) {
+  const query = tokens.map((token) => `t=${encodeURIComponent(token)}`).join("&");
+  const response = await fetch(`${config.mergePath}?${query}`, { cache: "no-store", signal });
+  if (!response.ok) {
+    throw new Error(`merging stream tokens was refused (${response.status}): ${await response.text()}`);
+  }
+  return (await response.json()).token;
+}
+
+/**
+ * One request to the stream endpoint.
+ */
+class Connection {
+  /**
+   * @param {Leader} leader
+   * @param {string[]} served the tabs it serves
+   * @param {number | null} since catch up on what was invalidated after this (ms)
+   */
+  constructor(leader, served, since) {
+    this.leader = leader;
+    this.served = served;
+    this.since = since;
+    this.abort = new AbortController();
+  }
+
+  close() {
+    this.abort.abort();
+  }
+
+  /** @param {string[]} tokens */
+  async run(tokens) {
+    const { path } = this.leader.tab.config;
+    const query = tokens.map((token) => `t=${encodeURIComponent(token)}`);
+    if (this.since !== null) query.push(`since=${Math.max(0, Math.floor(this.since))}`);
+    /** @type {number | null} */
+    let retry = null;
+    try {
+      const response = await fetch(`${path}?${query.join("&")}`, {
+        headers: { Accept: "text/event-stream" },
+        cache: "no-store",
+        signal: this.abort.signal,
+      });
+      if (!response.ok || !response.body) {
+        const reason = (await response.text()).slice(0, 300);
+        console.error(`streamui: the stream was refused (${response.status}): ${reason}`);
+        return;
+      }
+      let first = true;
+      await readEvents(response.body, (event) => {
+        if (event.retry !== null) retry = event.retry;
+        if (first) {
+          first = false;
+          this.leader.opened(this);
+        }
+        if (event.data) this.leader.event(this, event.data, event.id ? Number(event.id) : null);
+      });
+    } catch {
+      // A network error or an abort: handled below.
+    } finally {
+      if (!this.abort.signal.aborted) this.leader.ended(this, retry);
+    }
+  }
+}
+
+/**
+ * The tab opens a stream of its own with Datastar, as without sharing: Connect renders
+ * that effect in `data-streamui-fallback`.
+ * @param {HTMLElement} connect
+ */
+function ownStream(connect) {
+  connect.dataset.streamuiRole = "tab";
+  const expression = connect.dataset.streamuiFallback;
+  if (!expression) return;
+  const element = document.createElement("div");
+  element.hidden = true;
+  element.setAttribute("data-effect", expression);
+  connect.append(element);
+}
+
+/** Start streamui for this page, if it has a Connect element. */
+function main() {
+  const connect = document.getElementById("streamui-connect");
+  if (!connect || connect.dataset.streamuiRole) return;
+  if (!("locks" in navigator && "BroadcastChannel" in window)) {
+    ownStream(connect);
+    return;
+  }
+  const tab = new Tab(connect, JSON.parse(connect.dataset.streamui || "{}"));
+  tab.start();
+  addEventListener("pagehide", () => tab.close(), { once: true });
+}
+
+addEventListener("pageshow", (event) => {
+  // Back from the back/forward cache: the tab left on pagehide; it joins again.
+  if (event.persisted) {
+    delete document.getElementById("streamui-connect")?.dataset.streamuiRole;
+    main();
+  }
+});
+main();
