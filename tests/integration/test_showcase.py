@@ -226,8 +226,13 @@ async def test_dashboard_renders_every_component_and_one_stream(start: Start) ->
     assert f'<script type="module" src="{DATASTAR_CDN_URL}">' in page
     for element_id in ("counter", "invoice-count", "clock", "activity", "invoice-form"):
         by_id(page, element_id)
-    # Connect() is last in <body>, after every Watch, with one token for all their scopes.
-    assert elements(page)[-1]["id"] == "streamui-connect"
+    # Connect() is last in <body>, after every Watch, with one token for all their scopes;
+    # inside it, the module that shares the stream between the browser's tabs.
+    *_, connect, module = elements(page)
+    assert connect["id"] == "streamui-connect"
+    assert module["<tag>"] == "script"
+    assert module["type"] == "module"
+    assert re.fullmatch(r"/streamui/stream\.[0-9a-f]{12}\.js", module["src"])
     [token] = stream_tokens(page)
     assert set(scopes_of(token)) == {"counter:shared", "invoices:all", "clock"}
     # The newest invoices are listed, newest first.
