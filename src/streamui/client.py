@@ -16,7 +16,8 @@ from typing import Final
 
 __all__ = ["CACHE_CONTROL", "MEDIA_TYPE", "digest", "source", "url_for"]
 
-MEDIA_TYPE: Final = "text/javascript; charset=utf-8"
+MEDIA_TYPE: Final = "text/javascript"
+"""Litestar adds the charset (utf-8)."""
 CACHE_CONTROL: Final = "public, max-age=31536000, immutable"
 """For a URL that names the content's digest: it never changes."""
 
