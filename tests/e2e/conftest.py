@@ -72,6 +72,14 @@ CHROMIUM_ARGS: Final = (
     "--no-first-run",
     "--disable-quic",
 )
+SET_HIDDEN: Final = """(hidden) => {
+    Object.defineProperty(document, "hidden", {value: hidden, configurable: true});
+    Object.defineProperty(document, "visibilityState", {
+        value: hidden ? "hidden" : "visible", configurable: true,
+    });
+    document.dispatchEvent(new Event("visibilitychange"));
+}"""
+"""Makes the page's document hidden (or visible again) as far as its scripts can tell."""
 VIEWPORT: Final[ViewportSize] = {"width": 1200, "height": 900}
 WATCHED_LOGGERS: Final = ("uvicorn.error", "litestar", "streamui", "examples.showcase")
 

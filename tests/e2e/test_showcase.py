@@ -19,7 +19,7 @@ from examples.showcase.sqlite_store import SqliteStore
 from playwright.async_api import expect
 
 from streamui.components import MERGE_TOKENS_OVER
-from tests.e2e.conftest import SEE, STREAM_PATH
+from tests.e2e.conftest import SEE, SET_HIDDEN, STREAM_PATH
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -43,14 +43,6 @@ OUTAGE_ERRORS: Final = (
     r"console error: Failed to fetch \(",
     rf"Datastar failed to reach http://127\.0\.0\.1:\d+{STREAM_PATH}\?\S* retrying in \d+ms",
 )
-SET_HIDDEN: Final = """(hidden) => {
-    Object.defineProperty(document, "hidden", {value: hidden, configurable: true});
-    Object.defineProperty(document, "visibilityState", {
-        value: hidden ? "hidden" : "visible", configurable: true,
-    });
-    document.dispatchEvent(new Event("visibilitychange"));
-}"""
-"""Makes the page's document hidden (or visible again) as far as its scripts can tell."""
 
 
 # -- what a person sees and does ---------------------------------------------------------

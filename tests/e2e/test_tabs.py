@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import pytest
 from playwright.async_api import expect
 
-from tests.e2e.conftest import SEE, VIEWPORT, Console, _serve
+from tests.e2e.conftest import SEE, SET_HIDDEN, VIEWPORT, Console, _serve
 from tests.e2e.tabs_app import TabsApp, make_tabs_app
 
 if TYPE_CHECKING:
@@ -31,14 +31,6 @@ if TYPE_CHECKING:
     from tests.e2e.conftest import Running
 
 RESULTS: Final = Path(__file__).resolve().parents[2] / "build" / "tabs-results.md"
-SET_HIDDEN: Final = """(hidden) => {
-    Object.defineProperty(document, "hidden", {value: hidden, configurable: true});
-    Object.defineProperty(document, "visibilityState", {
-        value: hidden ? "hidden" : "visible", configurable: true,
-    });
-    document.dispatchEvent(new Event("visibilitychange"));
-}"""
-"""Makes the page's document hidden (or visible again) as far as its scripts can tell."""
 
 BUSY: Final = """(ms) => setTimeout(() => {
     const end = Date.now() + ms;
