@@ -344,3 +344,27 @@ async def test_a_leader_that_stops_answering_loses_the_stream(served: Served) ->
     await served.state.bump("board")
     for page in pages:
         await expect(page.locator("#board .v")).to_have_text("board 2")
+
+
+async def test_the_stream_drops_the_scopes_of_a_tab_that_closed(served: Served) -> None:
+    context = await served.context()
+    pages = await served.tabs(context, range(3))
+    await served.until("one stream", served.serving("note:0", "note:1", "note:2"))
+    leader = await leader_of(pages)
+    gone, staying = (page for page in pages if page is not leader)
+    remaining = sorted(["board", *(f"note:{pages.index(page)}" for page in (leader, staying))])
+
+    def without_it() -> bool:
+        streams = served.state.streams()
+        return len(streams) == 1 and sorted(streams[0].scopes) == remaining
+
+    with fragment_requests(leader) as by_leader, fragment_requests(staying) as by_staying:
+        await gone.close()
+        await served.until("a stream without the closed tab's scope", without_it)
+        await served.state.bump("board")
+        for page in (leader, staying):
+            await expect(page.locator("#board .v")).to_have_text("board 1")
+            await expect(page.locator("#note .v")).to_have_text("note 1.0")
+    # Replacing the stream pushed nothing: each component was fetched once, for the change.
+    assert sorted(by_leader) == ["/board", f"/note/{pages.index(leader)}"]
+    assert sorted(by_staying) == ["/board", f"/note/{pages.index(staying)}"]

@@ -37,6 +37,10 @@ const HIDDEN_CLOSE_MS = 5000;
 const PRUNE_MS = 5000;
 /** How long a replaced stream is still read (frames already on their way). */
 const RETIRE_MS = 1000;
+/** A stream serving tabs that left is replaced this long after the last of them left. */
+const SHRINK_MS = 2000;
+/** `since` for a stream that needs no catch-up (the latest time a Date can hold). */
+const NO_CATCH_UP = 8.64e15;
 const RETRY_MIN_MS = 1000;
 const RETRY_MAX_MS = 30000;
 
@@ -421,6 +425,8 @@ class Leader {
     this.opening = null;
     /** @type {number | null} */
     this.hiddenSince = null;
+    /** @type {number | null} when to drop the scopes of tabs that left */
+    this.shrinkAt = null;
     this.retryMs = RETRY_MIN_MS;
     this.retryAt = 0;
     this.prunedAt = performance.now();
@@ -479,7 +485,14 @@ class Leader {
     const waiting = [...tab.tabs.entries()].filter(
       ([id, info]) => info.tokens.length && !tab.joined.has(id) && !this.overflow.has(id),
     );
-    if (this.live && waiting.length === 0) return;
+    if (this.live && waiting.length === 0) {
+      // Tabs left: a stream for the ones still here, once the comings and goings of a
+      // navigation are over.
+      if (this.live.served.every((id) => tab.tabs.has(id))) return;
+      this.shrinkAt ??= now + SHRINK_MS;
+      if (now < this.shrinkAt) return;
+    }
+    this.shrinkAt = null;
     void this.open();
   }
 
@@ -524,7 +537,9 @@ class Leader {
       else if (!live) since.push(tab.synced ?? Math.min(...info.tokens.map((t) => t.at)));
     }
     if (!served.length) return;
-    const connection = new Connection(this, served, since.length ? Math.min(...since) : null);
+    // Nothing to catch up on: the live stream serves every tab until this one opens.
+    const from = since.length ? Math.min(...since) : live ? NO_CATCH_UP : null;
+    const connection = new Connection(this, served, from);
     this.opening = connection;
     /** @type {string[]} */
     let tokens;
@@ -585,7 +600,9 @@ class Leader {
     this.retryMs = RETRY_MIN_MS;
     const tab = this.tab;
     tab.joined = new Set(connection.served);
-    if (connection.since !== null) tab.synced = connection.since;
+    if (connection.since !== null && connection.since !== NO_CATCH_UP) {
+      tab.synced = connection.since;
+    }
     this.beat();
     this.reconcile(); // tabs that came meanwhile
   }
