@@ -36,8 +36,11 @@ __all__ = [
     "SERVERS",
     "ServerProcess",
     "free_port",
+    "kill_group",
     "problems_in",
     "running",
+    "spawn",
+    "until_answers",
     "warnings_in",
 ]
 
@@ -130,6 +133,46 @@ def warnings_in(output: str) -> list[str]:
     return [match.group(0) for match in _WARNINGS.finditer(output)]
 
 
+async def spawn(argv: list[str], log: Path, env: dict[str, str]) -> asyncio.subprocess.Process:
+    """Start *argv* in the repository, with *env* added, its output appended to *log*, in a
+    process group of its own (the teardown can reap a server's workers too)."""
+    with log.open("ab") as output:
+        output.write(f"$ {' '.join(argv)}\n".encode())
+        output.flush()
+        return await asyncio.create_subprocess_exec(
+            *argv,
+            cwd=ROOT,
+            env={**os.environ, **env, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"},
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=output,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+async def until_answers(
+    process: asyncio.subprocess.Process,
+    name: str,
+    client: httpx.AsyncClient,
+    path: str,
+    output: Callable[[], str],
+) -> None:
+    """Poll ``GET <path>`` with *client* until it answers 200 (bounded by STARTUP); fail
+    with the server's *output* if it exits first or never answers."""
+    deadline = time.monotonic() + STARTUP
+    while True:
+        if process.returncode is not None:
+            raise AssertionError(
+                f"{name} exited ({process.returncode}) before it answered:\n" + output()
+            )
+        with contextlib.suppress(httpx.TransportError):
+            if (await client.get(path)).status_code == 200:
+                return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{name} did not answer within {STARTUP} s:\n" + output())
+        await asyncio.sleep(0.05)  # polling for readiness, not asserting a time
+
+
 @dataclass
 class ServerProcess:
     """One server process serving the matrix app; `running` starts and reaps it."""
@@ -155,51 +198,18 @@ class ServerProcess:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
     async def start(self) -> None:
-        argv = SERVERS[self.name](self.port)
-        with self.log.open("ab") as log:
-            log.write(f"$ {' '.join(argv)}\n".encode())
-            log.flush()
-            self.process = await asyncio.create_subprocess_exec(
-                *argv,
-                cwd=ROOT,
-                env={
-                    **os.environ,
-                    VARIANT_ENV: self.variant,
-                    "PYTHONPATH": str(ROOT),
-                    "PYTHONUNBUFFERED": "1",
-                },
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=log,
-                stderr=asyncio.subprocess.STDOUT,
-                # A group of its own: the teardown can reap the server's workers too.
-                start_new_session=True,
-            )
-        await self._until_ready()
-
-    async def _until_ready(self) -> None:
-        """Poll ``GET /debug/counts`` until it answers 200 (bounded by STARTUP)."""
-        assert self.process is not None
-        deadline = time.monotonic() + STARTUP
+        self.process = await spawn(
+            SERVERS[self.name](self.port), self.log, {VARIANT_ENV: self.variant}
+        )
         async with httpx.AsyncClient(
             base_url=self.base_url,
             headers={CREDENTIAL_HEADER: CREDENTIAL},
             timeout=2.0,
             trust_env=False,
         ) as client:
-            while True:
-                if self.process.returncode is not None:
-                    raise AssertionError(
-                        f"{self.name} exited ({self.process.returncode}) before it answered:\n"
-                        + self.output
-                    )
-                with contextlib.suppress(httpx.TransportError):
-                    if (await client.get("/debug/counts")).status_code == 200:
-                        return
-                if time.monotonic() > deadline:
-                    raise AssertionError(
-                        f"{self.name} did not answer within {STARTUP} s:\n" + self.output
-                    )
-                await asyncio.sleep(0.05)  # polling for readiness, not asserting a time
+            await until_answers(
+                self.process, self.name, client, "/debug/counts", lambda: self.output
+            )
 
     def send_signal(self, signum: int) -> float:
         """Send *signum* to the server's main process only (as a process manager does);
@@ -235,14 +245,20 @@ class ServerProcess:
     async def kill(self) -> None:
         """Kill the whole process group, if anything of it is left, and reap the main
         process."""
-        if self.process is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        if self.process.returncode is None:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(EXIT):
-                    await self.process.wait()
+        await kill_group(self.process)
+
+
+async def kill_group(process: asyncio.subprocess.Process | None) -> None:
+    """Kill *process*'s whole group (started by `spawn`), if anything of it is left, and
+    reap *process*."""
+    if process is None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    if process.returncode is None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(EXIT):
+                await process.wait()
 
 
 def _group_alive(pgid: int) -> bool:
