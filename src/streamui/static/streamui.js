@@ -168,6 +168,10 @@ class Tab {
     this.alone = false;
     /** Whether it holds its tab lock (and has said hello). */
     this.present = false;
+    /** Whether it waits in the leader lock's queue. */
+    this.inQueue = false;
+    /** Gives the leader's lock back. */
+    this.releaseLead = () => {};
     this.closed = false;
     // What every tab keeps, so that any of them can take the lead at once:
     /** @type {Map<string, TabInfo>} */
@@ -178,6 +182,8 @@ class Tab {
     this.synced = null;
     /** @type {string | null} */
     this.leaderId = null;
+    /** When the leader got the lock (Date.now(), the same clock in every tab). */
+    this.leaderEpoch = 0;
     this.heardAt = performance.now();
     /** @type {number | null} */
     this.pingedAt = null;
@@ -226,30 +232,53 @@ class Tab {
   }
 
   /**
-   * Hold the Web Lock *name* until the tab closes; *onGranted* runs once it is ours.
+   * Hold the Web Lock *name* until the tab closes (or *onGranted*'s argument is called);
+   * *onGranted* runs once it is ours.
    * @param {string} name
    * @param {LockOptions} options
-   * @param {() => void} [onGranted]
+   * @param {(release: () => void) => void} [onGranted]
    */
   hold(name, options, onGranted) {
     return navigator.locks.request(name, options, () => {
       if (this.closed) return undefined;
-      onGranted?.();
-      return new Promise((resolve) => this.releases.push(() => resolve(undefined)));
+      return new Promise((resolve) => {
+        const release = () => resolve(undefined);
+        this.releases.push(release);
+        onGranted?.(release);
+      });
     });
   }
 
   queueForLead() {
+    if (this.inQueue || this.closed) return;
     this.queued = new AbortController();
-    this.hold(this.lock, { signal: this.queued.signal }, () => this.lead()).catch(() => {
-      // Withdrawn to steal the lock, or stolen from this (frozen) tab by another.
-      this.resign();
-      if (!this.closed && !this.leader) this.queueForLead();
+    this.seekLead({ signal: this.queued.signal });
+  }
+
+  /**
+   * Ask for the leader's lock: queued (*signal*) or taken from its holder (*steal*).
+   * @param {LockOptions} options
+   */
+  seekLead(options) {
+    const queued = !options.steal;
+    let granted = false;
+    if (queued) this.inQueue = true;
+    this.hold(this.lock, options, (release) => {
+      granted = true;
+      if (queued) this.inQueue = false;
+      this.releaseLead = release;
+      this.lead();
+    }).catch(() => {
+      // Stolen from this tab (it was frozen or busy), or withdrawn to steal it.
+      if (queued && !granted) this.inQueue = false;
+      if (granted) this.resign();
+      if (!this.closed && !this.leader && !this.inQueue) this.queueForLead();
     });
   }
 
   lead() {
     this.leaderId = this.id;
+    this.leaderEpoch = Math.max(Date.now(), this.leaderEpoch + 1);
     this.leader = new Leader(this);
     this.leader.reconcile();
   }
@@ -319,19 +348,33 @@ class Tab {
       case "bye":
         this.tabs.delete(from);
         this.joined.delete(from);
+        if (from === this.leaderId) this.leaderId = null;
         this.leader?.reconcile();
         break;
       case "lead":
-      case "beat":
-        if (this.leaderId !== from) {
-          this.leaderId = from;
-          this.heardAt = performance.now();
-          this.pingedAt = null;
-          if (message.type === "lead") this.announce(false);
+      case "beat": {
+        // Leaders are ordered by when they got the lock: a tab that led while it was
+        // frozen, and woke up, is older than the one that took the lock from it.
+        const epoch = Number(message.epoch);
+        if (epoch < this.leaderEpoch) break;
+        if (this.leader && from !== this.id) {
+          // The lock was taken from this tab (its rejection follows; give it back to
+          // be sure), so it follows now.
+          this.resign();
+          this.releaseLead();
+          this.queueForLead();
         }
+        if (epoch > this.leaderEpoch || from !== this.leaderId) {
+          this.leaderId = from;
+          this.leaderEpoch = epoch;
+          this.announce(false);
+        }
+        this.heardAt = performance.now();
+        this.pingedAt = null;
         this.synced = /** @type {number | null} */ (message.synced);
         this.joined = new Set(/** @type {string[]} */ (message.joined));
         break;
+      }
       case "ping":
         this.leader?.beat();
         break;
@@ -389,7 +432,7 @@ class Tab {
       this.pingedAt = null;
       this.heardAt = now;
       this.queued.abort();
-      this.hold(this.lock, { steal: true }, () => this.lead()).catch(() => this.resign());
+      this.seekLead({ steal: true });
     }
   }
 
@@ -437,12 +480,17 @@ class Leader {
     /** @type {Set<string>} tabs whose scopes do not fit in the shared stream */
     this.overflow = new Set();
     tab.connect.dataset.streamuiRole = "leader";
-    tab.post("lead", { synced: tab.synced, joined: [...tab.joined] });
+    this.say("lead");
+  }
+
+  /** @param {string} type "lead" (once), or "beat" */
+  say(type) {
+    const tab = this.tab;
+    tab.post(type, { epoch: tab.leaderEpoch, synced: tab.synced, joined: [...tab.joined] });
   }
 
   beat() {
-    const tab = this.tab;
-    tab.post("beat", { synced: tab.synced, joined: [...tab.joined] });
+    this.say("beat");
   }
 
   tick() {
