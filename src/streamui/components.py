@@ -25,6 +25,14 @@ element never fetches on its own initialisation. The Connect element's effect re
 ``_streamTokens`` and opens ``@get(<path>?t=…&t=…)`` with ``retry: 'always'``; when a
 fragment adds a token, the effect runs again and Datastar's request cancellation
 aborts the previous stream, so a tab holds exactly one.
+
+With an endpoint that shares streams across tabs (``client_url``, the Litestar plugin's
+default), Connect's effect instead mirrors ``_streamTokens`` and the watched keys into
+its ``data-streamui-state`` attribute and loads streamui's module (`streamui.client`):
+the tabs of a browser elect one that holds a single stream for all of them, and each tab
+applies the events for its keys through a ``data-signals`` attribute. The Datastar
+stream above is kept in ``data-streamui-fallback``, for a browser without Web Locks or
+BroadcastChannel.
 """
 
 from __future__ import annotations
