@@ -165,6 +165,8 @@ class Tab {
     this.held = null;
     /** @type {HTMLElement | null} */
     this.inbox = null;
+    /** @type {Patch | null} patches of this task, set together */
+    this.outgoing = null;
     this.alone = false;
     /** Whether it holds its tab lock (and has said hello). */
     this.present = false;
@@ -405,16 +407,27 @@ class Tab {
     this.write(held);
   }
 
-  /** @param {Patch} patch */
+  /**
+   * Set *patch* on this tab's signals. Datastar applies a `data-signals` attribute when
+   * it changes, reading its value after the current task: the patches of one task are
+   * merged and set once.
+   * @param {Patch} patch
+   */
   write(patch) {
-    if (!this.inbox) {
-      this.inbox = document.createElement("div");
-      this.inbox.hidden = true;
-      this.connect.append(this.inbox);
-    }
-    // Datastar rewrites `$name` and `@name(` even inside string literals: escape both.
-    const literal = JSON.stringify(patch).replace(/\$/g, "\\u0024").replace(/@/g, "\\u0040");
-    this.inbox.setAttribute("data-signals", literal);
+    if (this.outgoing) return mergeInto(this.outgoing, patch);
+    this.outgoing = { ...patch };
+    queueMicrotask(() => {
+      const merged = /** @type {Patch} */ (this.outgoing);
+      this.outgoing = null;
+      if (!this.inbox) {
+        this.inbox = document.createElement("div");
+        this.inbox.hidden = true;
+        this.connect.append(this.inbox);
+      }
+      // Datastar rewrites `$name` and `@name(` even inside string literals: escape both.
+      const literal = JSON.stringify(merged).replace(/\$/g, "\\u0024").replace(/@/g, "\\u0040");
+      this.inbox.setAttribute("data-signals", literal);
+    });
   }
 
   tick() {
