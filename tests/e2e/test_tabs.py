@@ -376,3 +376,22 @@ async def test_the_stream_drops_the_scopes_of_a_tab_that_closed(served: Served) 
     # Replacing the stream pushed nothing: each component was fetched once, for the change.
     assert sorted(by_leader) == ["/board", f"/note/{pages.index(leader)}"]
     assert sorted(by_staying) == ["/board", f"/note/{pages.index(staying)}"]
+
+
+async def test_without_web_locks_each_tab_streams_on_its_own(served: Served) -> None:
+    """The fallback: a browser without Web Locks (or BroadcastChannel) gets Datastar's
+    stream per tab, as with sharing off."""
+    context = await served.context()
+    await context.add_init_script(
+        "Object.defineProperty(Navigator.prototype, 'locks', {get: () => undefined})"
+    )
+    pages = await served.tabs(context, range(2))
+
+    def two_streams() -> bool:
+        return len(served.state.streams()) == 2
+
+    await served.until("a stream per tab", two_streams)
+    assert await roles(pages) == ["tab", "tab"]
+    await served.state.bump("board")
+    for page in pages:
+        await expect(page.locator("#board .v")).to_have_text("board 1")

@@ -799,7 +799,7 @@ function ownStream(connect) {
 function main() {
   const connect = document.getElementById("streamui-connect");
   if (!connect || connect.dataset.streamuiRole) return;
-  if (!("locks" in navigator && "BroadcastChannel" in window)) {
+  if (!(navigator.locks && window.BroadcastChannel)) {
     ownStream(connect);
     return;
   }
