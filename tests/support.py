@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import html
 import json
+import logging
 import re
 import socket
 from dataclasses import dataclass, field
@@ -140,3 +141,14 @@ def stream_path(page_html: str) -> str:
     match = re.search(r'@get\(\("([^"?]+)\?"', html.unescape(page_html))
     assert match, "no Connect() element with a stream URL in the page"
     return match.group(1)
+
+
+def log_streamui_warnings() -> None:
+    """In a server process: print streamui's records (WARNING and up) with their level,
+    so that the test reading the server's output sees them (servers configure only their
+    own loggers)."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logger = logging.getLogger("streamui")
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING)

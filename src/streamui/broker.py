@@ -71,6 +71,8 @@ about 11,000 short scopes, 5,000 of the longest (an entry costs its scope's leng
 _RECENT_ENTRY_OVERHEAD: Final = 160
 """Bytes an entry of the log costs besides its scope's characters (str and float objects,
 ordered-dict slots; ~150 measured with tracemalloc)."""
+_SINCE_MARGIN: Final = 1.0
+"""Seconds `Broker.since_time` reaches back before a time given in ms."""
 _RECENT_HORIZON: Final = 120.0
 """Seconds a remembered invalidation stays useful; older tokens get every scope pushed."""
 _CLOCK_MARGIN: Final = 1.0
@@ -381,6 +383,18 @@ class Broker:
     def started_at(self) -> float | None:
         """Unix time at which `start` completed (None before)."""
         return None if self._started_at == float("inf") else self._started_at
+
+    def since_time(self, since: int) -> float:
+        """The *rendered_at* (for `watch`) that catches up on everything invalidated after
+        *since*, a time in ms: an event id (a revision, which runs ahead of the clock by a
+        millisecond per invalidation in a burst) or a render time. A margin earlier, but
+        never before this broker started when *since* is later: nothing before the start
+        is known here, and reaching back before it would push every scope."""
+        at = since / 1000
+        started = self.started_at
+        if started is not None and at >= started:
+            return max(at - _SINCE_MARGIN, started)
+        return at - _SINCE_MARGIN
 
     def watch(
         self, scopes: Iterable[str], *, rendered_at: float | None = None, resume: bool = False

@@ -105,8 +105,6 @@ class StreamEndpoint:
     client_url: str | None = None
     """URL of streamui's browser module (`streamui.client`): set, the tabs of a browser
     share one stream; None gives every tab its own (Datastar only)."""
-    merge_path: str | None = None
-    """Where the module has tokens merged (default: ``<path>/merge``)."""
     max_tokens: int = 16
     max_scopes: int = 64
 
@@ -439,7 +437,7 @@ def Connect(path: str | None = None, *, endpoint: StreamEndpoint | None = None) 
             )
         config = {
             "path": stream_path,
-            "mergePath": chosen.merge_path or f"{stream_path}/merge",
+            "mergePath": f"{stream_path}/merge",
             "maxTokens": chosen.max_tokens,
             "maxScopes": chosen.max_scopes,
             "mergeOver": MERGE_TOKENS_OVER,

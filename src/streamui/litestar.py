@@ -65,9 +65,6 @@ Authorize = Callable[[Request[Any, Any, Any], tuple[str, ...]], bool | Awaitable
 
 _STATE_KEY = "streamui"
 _SINCE: Final = re.compile(r"[0-9]{1,16}")
-_SINCE_MARGIN: Final = 1.0
-"""Seconds taken off ``since``: it comes from event ids, revisions that run ahead of the
-clock by a millisecond per invalidation in a burst."""
 SECRET_ENV = "STREAMUI_SECRET"
 NATS_URL_ENV = "STREAMUI_NATS_URL"
 
@@ -185,7 +182,7 @@ class StreamController(Controller):
             state.broker,
             watched,
             rendered_at=(
-                _since_time(state.broker, since)
+                state.broker.since_time(since)
                 if since is not None
                 else max(token.issued_at for token in verified)
             ),
@@ -215,17 +212,6 @@ def _since(request: Request[Any, Any, Any]) -> int | None:
             f"since must be a time in milliseconds (digits only), got {value[:40]!r}"
         )
     return int(value)
-
-
-def _since_time(broker: Broker, since: int) -> float:
-    """The time to catch up from for *since* (ms): a margin earlier, but never before the
-    broker started when *since* is later (nothing before it is known, and the catch-up
-    would push every scope)."""
-    at = since / 1000
-    started = broker.started_at
-    if started is not None and at >= started:
-        return max(at - _SINCE_MARGIN, started)
-    return at - _SINCE_MARGIN
 
 
 def _verified(

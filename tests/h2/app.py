@@ -16,7 +16,6 @@ is ``1`` or ``0`` (`StreamConfig.share_across_tabs`). The secret is fixed. Route
   and how.
 """
 
-import logging
 import os
 from pathlib import Path
 from typing import Annotated, Any, Final
@@ -31,6 +30,7 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 from streamui import Connect, Watch, datastar_script
 from streamui.litestar import StreamConfig, StreamPlugin
 from tests.integration.app import component, invalidate
+from tests.support import log_streamui_warnings
 
 __all__ = ["COUNTS_PATH", "DATASTAR_ENV", "DATASTAR_PATH", "SECRET", "SHARE_ENV", "build_app"]
 
@@ -102,19 +102,9 @@ def _share_across_tabs() -> bool:
     return value == "1"
 
 
-def _log_streamui() -> None:
-    """Print streamui's records (WARNING and up) with their level, so that the test
-    reading the server's output sees them; hypercorn configures only its own loggers."""
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    logger = logging.getLogger("streamui")
-    logger.addHandler(handler)
-    logger.setLevel(logging.WARNING)
-
-
 def build_app() -> Recorder:
     """The app as the environment configures it, wrapped in its `Recorder`."""
-    _log_streamui()
+    log_streamui_warnings()
     datastar = _datastar_file()
     plugin = StreamPlugin(StreamConfig(secret=SECRET, share_across_tabs=_share_across_tabs()))
 

@@ -30,17 +30,10 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 import httpx
 import pytest
 import trustme
-from playwright.async_api import async_playwright, expect
+from playwright.async_api import expect
 
-from tests.e2e.conftest import (
-    CHROMIUM_ARGS,
-    SEE,
-    VIEWPORT,
-    Console,
-    _is_stream,
-    find_chromium,
-)
-from tests.e2e.datastar import datastar_js
+from tests.e2e import conftest as e2e
+from tests.e2e.conftest import SEE, VIEWPORT, Console, _is_stream
 from tests.h2.app import COUNTS_PATH, DATASTAR_ENV, SHARE_ENV
 from tests.matrix.servers import free_port, kill_group, problems_in, spawn, until_answers
 
@@ -54,7 +47,6 @@ APP: Final = "tests.h2.app:build_app()"
 STREAM_PATH: Final = "/streamui/stream"
 WAIT: Final = SEE / 1000
 """Seconds to wait for anything the tests wait on (generous: a noisy machine)."""
-CHROMIUM_H2_ARGS: Final = (*CHROMIUM_ARGS, "--ignore-certificate-errors")
 
 expect.set_options(timeout=SEE)
 
@@ -198,11 +190,6 @@ class Serve(Protocol):
     async def __call__(self, *, tls: bool, share_across_tabs: bool) -> AppServer: ...
 
 
-@pytest.fixture(scope="session")
-def datastar_file() -> Path:
-    return datastar_js()
-
-
 @pytest.fixture
 async def serve(
     certificate: Certificate, datastar_file: Path, tmp_path: Path
@@ -230,21 +217,11 @@ async def serve(
 # -- the browser -------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def chromium_executable() -> str:
-    return find_chromium()
-
-
-@pytest.fixture
-async def browser(chromium_executable: str) -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(
-            executable_path=chromium_executable, args=list(CHROMIUM_H2_ARGS), headless=True
-        )
-        try:
-            yield browser
-        finally:
-            await browser.close()
+# The system Chromium, as in the e2e tests; contexts ignore the test certificate's issuer
+# (ignore_https_errors).
+browser = e2e.browser
+chromium_executable = e2e.chromium_executable
+datastar_file = e2e.datastar_file
 
 
 @dataclass(frozen=True)

@@ -47,12 +47,12 @@ const RETRY_MAX_MS = 30000;
 /**
  * @typedef {{path: string, mergePath: string, maxTokens: number, maxScopes: number, mergeOver: number}} Config
  * @typedef {{name: string, token: string, at: number, scopes: string[]}} Token
- * @typedef {{tokens: Token[], keys: string[], visible: boolean}} TabInfo
+ * @typedef {{tokens: Token[], visible: boolean}} TabInfo
  * @typedef {{_stream?: Record<string, unknown>, _streamData?: Record<string, unknown>}} Patch
  * @typedef {{v: number, from: string, type: string, [field: string]: unknown}} Message
  */
 
-/** A random id for this tab (or one stream). */
+/** A random id for this tab. */
 function newId() {
   return Math.random().toString(36).slice(2, 10) + Date.now().toString(36);
 }
@@ -305,7 +305,7 @@ class Tab {
 
   /** @returns {TabInfo} */
   info() {
-    return { tokens: this.tokens, keys: [...this.keys], visible: this.visible };
+    return { tokens: this.tokens, visible: this.visible };
   }
 
   /**
