@@ -30,6 +30,7 @@ from streamui.errors import (
     InvalidTokenError,
     PayloadTooLargeError,
     StreamUIError,
+    TooManyScopesError,
 )
 from streamui.scopes import (
     DATA_NAMESPACE,
@@ -76,6 +77,7 @@ __all__ = [
     "StreamUIError",
     "Subscription",
     "TokenSigner",
+    "TooManyScopesError",
     "Transport",
     "Watch",
     "Watcher",

@@ -6,11 +6,17 @@
   lazy children (callables, generators) and async rendering all work.
 - `Connect()` goes after the page content. At render time it takes every scope
   registered by the Watch elements rendered before it, signs them into a token, and
-  renders one hidden element that opens the tab's stream (or nothing, if no scope was
-  registered).
+  renders one hidden element that opens the tab's stream. On a page that registered no
+  scope the element is idle: it opens nothing until a fragment's `JoinStream()` adds a
+  token (``Connect(joinable=False)`` renders nothing instead).
 - `JoinStream()` goes at the end of a fragment (e.g. rows from "load more") whose Watch
   elements introduce new scopes: it adds their token to the tab's stream, which
   reconnects once with the union. `init_scope` does the same as a Datastar event.
+
+Limits fail at render time: Connect, JoinStream and init_scope raise
+`TooManyScopesError` for more scopes than the endpoint's ``max_scopes``, which the
+stream would refuse (a tab that never updates). JoinStream and init_scope can only count
+their own scopes; the page they join adds its own.
 
 Registration is per rendering task (worker threads running in a copy of a task's
 context count as that task, so a page that Litestar streams chunk by chunk from its
@@ -18,13 +24,14 @@ thread pool registers in one place), so pages rendered concurrently never mix.
 Connect/JoinStream consume what was registered, so the next render starts empty.
 
 How the browser side works: each Watch element holds ``data-signals__ifmissing`` with
-``_stream.<key> = 0`` and a ``data-effect`` that reads every key on every run and calls
-``@get(url)`` when the joined value differs from what this element saw last. Revisions
-only grow, so every watcher of a scope reloads on every push, and a freshly morphed-in
-element never fetches on its own initialisation. The Connect element's effect reads
-``_streamTokens`` and opens ``@get(<path>?t=…&t=…)`` with ``retry: 'always'``; when a
-fragment adds a token, the effect runs again and Datastar's request cancellation
-aborts the previous stream, so a tab holds exactly one.
+``_stream.<key> = 0`` and an empty ``_streamData.<key>`` (`scope_signals`), and a
+``data-effect`` that reads every key on every run and calls ``@get(url)`` when the joined
+value differs from what this element saw last. Revisions only grow, so every watcher of a
+scope reloads on every push, and a freshly morphed-in element never fetches on its own
+initialisation. The Connect element's effect reads ``_streamTokens`` and opens
+``@get(<path>?t=…&t=…)`` with ``retry: 'always'``; when a fragment adds a token, the effect
+runs again and Datastar's request cancellation aborts the previous stream, so a tab holds
+exactly one.
 
 With an endpoint that shares streams across tabs (``client_url``, the Litestar plugin's
 default), Connect's effect instead mirrors ``_streamTokens`` and the watched keys into
@@ -43,6 +50,7 @@ import hashlib
 import json
 import threading
 import time
+from collections import Counter
 from collections.abc import Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -52,8 +60,8 @@ from datastar_py import ServerSentEventGenerator
 from datastar_py.attributes import JSExpression, action_generator
 from htpy import Element, div, script
 
-from streamui.errors import ConfigurationError
-from streamui.scopes import SIGNAL_NAMESPACE, scope_key, validate_scope
+from streamui.errors import ConfigurationError, TooManyScopesError
+from streamui.scopes import DATA_NAMESPACE, SIGNAL_NAMESPACE, is_pattern, scope_key, validate_scope
 from streamui.tokens import StreamToken, TokenSigner
 
 if TYPE_CHECKING:
@@ -219,9 +227,22 @@ def _js_string(text: str) -> str:
 
 
 def scope_signals(*scopes: str) -> dict[str, Any]:
-    """The initial signals for *scopes*: ``{"_stream": {key: 0, …}}``."""
+    """The initial signals for *scopes*: ``{"_stream": {key: 0, …}, "_streamData": {key:
+    "" or {}, …}}``.
+
+    ``_streamData.<key>`` exists from the first render, so a binding such as
+    ``data-text="$_streamData.invoice_42.status"`` reads ``undefined`` instead of throwing
+    (which would stop Datastar from setting up the rest of the page) until data arrives.
+    A concrete scope starts at ``""`` and a pattern at ``{}`` (its data is always
+    ``{"scope": …, "data": …}``): with only-if-missing, Datastar replaces any value that
+    is not an object by ``{}`` (so ``{}`` would wipe a number or string pushed earlier),
+    and an object shown as text (``data-text="$_streamData.invoice_42"``) throws.
+    """
     values = _normalize(scopes)
-    return {SIGNAL_NAMESPACE: {scope_key(value): 0 for value in values}}
+    return {
+        SIGNAL_NAMESPACE: {scope_key(value): 0 for value in values},
+        DATA_NAMESPACE: {scope_key(value): {} if is_pattern(value) else "" for value in values},
+    }
 
 
 def watch_effect(scopes: str | Sequence[str], url: str) -> str:
@@ -398,26 +419,62 @@ class _LazyComponent:
 
 _MIRROR: Final = (
     f"el.dataset.streamuiState = JSON.stringify([${TOKENS_NAMESPACE}, "
-    f"Object.keys(${SIGNAL_NAMESPACE})])"
+    f"Object.keys(${SIGNAL_NAMESPACE} || {{}})])"
 )
 """Connect's effect when tabs share a stream: it mirrors the tab's tokens and watched keys
-into an attribute, where streamui's module (which needs nothing from Datastar) reads them."""
+into an attribute, where streamui's module (which needs nothing from Datastar) reads them.
+``|| {}`` in case ``_stream`` does not exist yet: Datastar 1.0.1 reads a missing signal as
+``""`` (no keys), but undefined would throw and stop the effect for good."""
+
+_IDLE_SIGNALS: Final[dict[str, dict[str, Any]]] = {
+    SIGNAL_NAMESPACE: {},
+    DATA_NAMESPACE: {},
+    TOKENS_NAMESPACE: {},
+}
+"""An idle Connect's signals: the namespaces exist, empty (Datastar creates an empty
+object signal), so that effects reading them track the keys a JoinStream adds."""
 
 
-def Connect(path: str | None = None, *, endpoint: StreamEndpoint | None = None) -> _LazyComponent:
+def _check_scope_count(scopes: Sequence[str], endpoint: StreamEndpoint, what: str) -> None:
+    """Raise `TooManyScopesError` if one stream may not watch that many *scopes*."""
+    limit = endpoint.max_scopes
+    if len(scopes) <= limit:
+        return
+    parents = Counter(value.rpartition(":")[0] for value in scopes if ":" in value)
+    pattern = f"{parents.most_common(1)[0][0]}:*" if parents else "invoice:*"
+    shown = ", ".join([repr(value) for value in scopes[:3]] + ["..."] * (len(scopes) > 3))
+    raise TooManyScopesError(
+        f"{what} watches {len(scopes)} scopes ({shown}), over the limit of {limit} per "
+        "stream: the stream would be refused and the page would never update. For a long "
+        f"list, watch one pattern such as {pattern!r} (or one scope such as 'invoices' that "
+        "every change to a row also invalidates) rather than one scope per row, or raise "
+        "the limit with StreamConfig(max_scopes=...)."
+    )
+
+
+def Connect(
+    path: str | None = None, *, endpoint: StreamEndpoint | None = None, joinable: bool = True
+) -> _LazyComponent:
     """Open the tab's stream for every scope watched before this point of the page.
 
-    Place it after the page content (e.g. last in ``<body>``). Renders nothing when no
-    scope was registered. With an endpoint that shares streams across tabs (the Litestar
-    plugin's default), it also loads streamui's module, which joins the browser's shared
-    stream; otherwise, and where a browser lacks what sharing needs, the tab opens its own.
+    Place it after the page content (e.g. last in ``<body>``). With an endpoint that
+    shares streams across tabs (the Litestar plugin's default), it also loads streamui's
+    module, which joins the browser's shared stream; otherwise, and where a browser lacks
+    what sharing needs, the tab opens its own.
+
+    On a page that registered no scope, it renders an idle element that opens nothing
+    until a fragment loaded later (rows from "load more") adds a token with
+    `JoinStream()`; ``joinable=False`` renders nothing instead, like the Go package (and
+    so does a page rendered with no endpoint). Raises `TooManyScopesError` for more
+    scopes than the endpoint's ``max_scopes``.
     """
 
     def render() -> Element | None:
         scopes, rendered_at = _consume()
-        if not scopes:
+        if not scopes and (not joinable or (endpoint or _endpoint.get()) is None):
             return None
         chosen = _current_endpoint(endpoint)
+        _check_scope_count(scopes, chosen, "this page")
         stream_path = path or chosen.path
         url = (
             f"{_js_string(stream_path + '?')} + Object.values(${TOKENS_NAMESPACE})"
@@ -429,7 +486,13 @@ def Connect(path: str | None = None, *, endpoint: StreamEndpoint | None = None) 
             retry_max_count=_RETRY_MAX_COUNT,
             include_signals="^$",
         )
-        signals = _signals_json(_token_signals(chosen, scopes, rendered_at))
+        if scopes:
+            signals = _signals_json(_token_signals(chosen, scopes, rendered_at))
+        else:
+            # Idle: a request without a token is a 400. The effect reads the token list on
+            # every run, so it runs again (and opens the stream) when a JoinStream adds one.
+            signals = _signals_json(_IDLE_SIGNALS)
+            get = f"Object.keys(${TOKENS_NAMESPACE}).length && {get}"
         if chosen.client_url is None:
             return div(
                 {"id": CONNECT_ID, "data-signals__ifmissing": signals, "data-effect": get},
@@ -458,13 +521,18 @@ def Connect(path: str | None = None, *, endpoint: StreamEndpoint | None = None) 
 
 def JoinStream(*, tag: str = "div", endpoint: StreamEndpoint | None = None) -> _LazyComponent:
     """At the end of a fragment: add the scopes of the Watch elements rendered before it
-    to the tab's stream. Renders nothing when the fragment registered no scope."""
+    to the tab's stream. Renders nothing when the fragment registered no scope.
+
+    Raises `TooManyScopesError` if the fragment alone watches more scopes than the
+    endpoint's ``max_scopes`` (the page it joins is not known here)."""
 
     def render() -> Element | None:
         scopes, rendered_at = _consume()
         if not scopes:
             return None
-        signals = _token_signals(_current_endpoint(endpoint), scopes, rendered_at)
+        chosen = _current_endpoint(endpoint)
+        _check_scope_count(scopes, chosen, "this fragment")
+        signals = _token_signals(chosen, scopes, rendered_at)
         return Element(tag)({"data-signals__ifmissing": _signals_json(signals)}, hidden=True)
 
     return _LazyComponent(render)
@@ -472,9 +540,13 @@ def JoinStream(*, tag: str = "div", endpoint: StreamEndpoint | None = None) -> _
 
 def init_scope(*scopes: str, endpoint: StreamEndpoint | None = None) -> DatastarEvent:
     """A ``datastar-patch-signals`` event adding *scopes* to the tab: their keys (only if
-    missing) and a token that makes the tab's stream watch them too."""
+    missing) and a token that makes the tab's stream watch them too.
+
+    Raises `TooManyScopesError` for more scopes than the endpoint's ``max_scopes``."""
     values = _normalize(scopes)
-    signals = _token_signals(_current_endpoint(endpoint), values)
+    chosen = _current_endpoint(endpoint)
+    _check_scope_count(values, chosen, "init_scope()")
+    signals = _token_signals(chosen, values)
     return ServerSentEventGenerator.patch_signals(signals, only_if_missing=True)
 
 

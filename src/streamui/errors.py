@@ -5,11 +5,12 @@ StreamUIError
 ├── InvalidScopeError (ValueError)    a scope, key, subject or prefix broke the grammar
 ├── InvalidTokenError (ValueError)    a stream token is missing, malformed, tampered or stale
 ├── PayloadTooLargeError (ValueError) invalidation data encodes to more than max_data_bytes
+├── TooManyScopesError (ValueError)   a page or fragment watches more than max_scopes
 ├── ConfigurationError                a setting cannot work (e.g. Connect without an endpoint)
 └── BrokerStateError (RuntimeError)   the broker was used before start or after close
 ```
 
-Usage errors (the first four) mean the caller must change what it passes; a
+Usage errors (the first five) mean the caller must change what it passes; a
 `BrokerStateError` means the caller used a long-lived object outside its lifetime.
 """
 
@@ -22,6 +23,7 @@ __all__ = [
     "InvalidTokenError",
     "PayloadTooLargeError",
     "StreamUIError",
+    "TooManyScopesError",
 ]
 
 
@@ -39,6 +41,11 @@ class InvalidTokenError(StreamUIError, ValueError):
 
 class PayloadTooLargeError(StreamUIError, ValueError):
     """The ``data`` of an invalidation encodes to more JSON than the broker's ``max_data_bytes``."""
+
+
+class TooManyScopesError(StreamUIError, ValueError):
+    """A page, fragment or `init_scope` call watches more scopes than one stream may
+    (``max_scopes``): raised while rendering, since the stream would be refused."""
 
 
 class ConfigurationError(StreamUIError):

@@ -114,15 +114,19 @@ def token_scopes(signals: dict[str, Any]) -> tuple[str, ...]:
 
 
 def connected(html: str) -> tuple[str, ...] | None:
-    """The scopes the page's Connect element opens its stream for (None: no Connect)."""
+    """The scopes the page's Connect element opens its stream for (None: no Connect; ():
+    an idle Connect, which opens nothing until a fragment joins)."""
     found = [attrs for _, attrs in parse(html) if attrs.get("id") == CONNECT_ID]
     if not found:
         return None
     (attrs,) = found
     assert "hidden" in attrs
     signals = json.loads(attribute(attrs, "data-signals__ifmissing"))
+    if not signals[TOKENS_NAMESPACE]:
+        assert signals == {"_stream": {}, "_streamData": {}, TOKENS_NAMESPACE: {}}
+        return ()
     scopes = token_scopes(signals)
-    assert signals["_stream"] == {scope_key(value): 0 for value in scopes}
+    assert signals == {**scope_signals(*scopes), TOKENS_NAMESPACE: signals[TOKENS_NAMESPACE]}
     return scopes
 
 
@@ -183,7 +187,10 @@ def test_watch_renders_initial_signals_and_an_effect() -> None:
     (tag, attrs), (child, _) = parse(html)
     assert (tag, child) == ("div", "span")
     assert attrs["id"] == "invoice-42"
-    assert json.loads(attribute(attrs, "data-signals__ifmissing")) == {"_stream": {"invoice_42": 0}}
+    assert json.loads(attribute(attrs, "data-signals__ifmissing")) == {
+        "_stream": {"invoice_42": 0},
+        "_streamData": {"invoice_42": ""},
+    }
     effect = attribute(attrs, "data-effect")
     assert effect == watch_effect("invoice:42", "/invoices/42")
     assert "$_stream.invoice_42" in effect
@@ -205,7 +212,8 @@ def test_watch_accepts_several_scopes_and_drops_duplicates() -> None:
     html = str(Watch(["a:1", "b:*", "a:1"], "/x"))
     ((_, attrs),) = parse(html)
     signals = json.loads(attribute(attrs, "data-signals__ifmissing"))
-    assert signals == {"_stream": {"a_1": 0, "b_WILD": 0}}
+    assert signals == scope_signals("a:1", "b:*")
+    assert signals["_stream"] == {"a_1": 0, "b_WILD": 0}
 
 
 @pytest.mark.parametrize("url", HOSTILE_URLS)
@@ -305,7 +313,7 @@ def test_calling_a_watch_element_keeps_it_watching() -> None:
 def test_watch_attrs_are_the_watch_attributes_as_a_dict() -> None:
     attrs = watch_attrs(["a:1", "b:*"], "/x")
     assert set(attrs) == {"data-signals__ifmissing", "data-effect"}
-    assert json.loads(attrs["data-signals__ifmissing"]) == {"_stream": {"a_1": 0, "b_WILD": 0}}
+    assert json.loads(attrs["data-signals__ifmissing"]) == scope_signals("a:1", "b:*")
     assert attrs["data-effect"] == watch_effect(["a:1", "b:*"], "/x")
     ((_, from_watch),) = parse(str(Watch(["a:1", "b:*"], "/x")))
     (tag, from_attrs), _ = parse(str(ul(attrs, id="list")[li["row"]]))
@@ -324,7 +332,14 @@ async def test_watch_attrs_register_while_rendering(
 
 
 def test_scope_signals() -> None:
-    assert scope_signals("a:1", "b:*", "a:1") == {"_stream": {"a_1": 0, "b_WILD": 0}}
+    # _streamData.<key> exists from the first render, so "$_streamData.a_1.x" reads
+    # undefined rather than throwing. A concrete scope's data may be any JSON value: its
+    # initial "" is never replaced by only-if-missing, while {} would replace a number or
+    # string already pushed. A pattern's data is always an object ({"scope", "data"}).
+    assert scope_signals("a:1", "b:*", "a:1", "c:>") == {
+        "_stream": {"a_1": 0, "b_WILD": 0, "c_REST": 0},
+        "_streamData": {"a_1": "", "b_WILD": {}, "c_REST": {}},
+    }
     with pytest.raises(InvalidScopeError, match="empty segment"):
         scope_signals("a::1")
     with pytest.raises(ValueError, match="at least one scope"):
@@ -340,6 +355,7 @@ def test_init_scope_is_a_patch_signals_event_with_a_token(endpoint: StreamEndpoi
     assert event.only_if_missing
     signals = event.signals
     assert signals["_stream"] == {"row_3": 0, "rows_WILD": 0}
+    assert signals["_streamData"] == {"row_3": "", "rows_WILD": {}}
     assert token_scopes(signals) == ("row:3", "rows:*")
 
 
@@ -362,6 +378,7 @@ async def test_join_stream_renders_a_token_for_just_the_fragment(
     assert "hidden" in attrs
     signals = json.loads(attribute(attrs, "data-signals__ifmissing"))
     assert signals["_stream"] == {"row_3": 0, "row_4": 0}
+    assert signals["_streamData"] == {"row_3": "", "row_4": ""}
     assert token_scopes(signals) == ("row:3", "row:4")
 
 
@@ -462,6 +479,110 @@ def test_the_connect_effect_requests_the_stream_with_every_token(endpoint: Strea
     assert second[0] == f"/live?t={first_token}&t={extra}"
 
 
+SHARED = StreamEndpoint("/live", SIGNER, client_url="/live.js")
+
+
+def connect_attrs(html: str) -> dict[str, str | None]:
+    (attrs,) = [attrs for _, attrs in parse(html) if attrs.get("id") == CONNECT_ID]
+    return attrs
+
+
+@pytest.mark.parametrize("chosen", [ENDPOINT, SHARED], ids=["per-tab", "shared"])
+async def test_connect_without_scopes_renders_an_idle_element_a_fragment_can_join(
+    render: Renderer, chosen: StreamEndpoint
+) -> None:
+    with use_endpoint(chosen):
+        idle = await render(body[div["static"], Connect()])
+        page = await render(body[Watch("a:1", "/x"), Connect()])
+    assert connected(idle) == ()
+    attrs, normal = connect_attrs(idle), connect_attrs(page)
+    # The same element, config and stream URL as a page with scopes; only no token.
+    assert set(attrs) == set(normal)
+    assert attrs.get("data-streamui") == normal.get("data-streamui")
+    stream = "data-effect" if chosen.client_url is None else "data-streamui-fallback"
+    assert attribute(attrs, stream) == f"Object.keys($_streamTokens).length && {normal[stream]}"
+    if chosen.client_url is not None:
+        assert attrs["data-effect"] == normal["data-effect"]  # the mirror
+        assert idle.count('<script type="module" src="/live.js">') == 1
+
+
+async def test_connect_joinable_false_renders_nothing_without_scopes(
+    render: Renderer, endpoint: StreamEndpoint
+) -> None:
+    # The Go package's Connect: nothing at all on a page that watches nothing.
+    assert await render(body[div["static"], Connect(joinable=False)]) == (
+        "<body><div>static</div></body>"
+    )
+    html = await render(body[Watch("a:1", "/x"), Connect(joinable=False)])
+    assert connected(html) == ("a:1",)
+
+
+def _run_connect_effect(effect: str, steps: list[dict[str, str]]) -> list[str]:
+    """Run a Connect ``data-effect`` as Datastar would, once with no token and once after
+    each step's tokens are added; return the URLs it requested."""
+    script = """
+    const [effect, steps] = JSON.parse(process.argv[1]);
+    const code = effect.replaceAll("$_streamTokens", "signals._streamTokens")
+      .replaceAll("@get(", "get(");
+    const calls = [];
+    const get = (url) => calls.push(url);
+    const signals = {_streamTokens: {}};
+    const run = () => new Function("el", "signals", "get", code)({}, signals, get);
+    run();
+    for (const tokens of steps) {
+      Object.assign(signals._streamTokens, tokens);
+      run();
+    }
+    console.log(JSON.stringify(calls));
+    """
+    completed = subprocess.run(
+        ["node", "-e", script, json.dumps([effect, steps])],
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+        check=True,
+    )
+    calls = json.loads(completed.stdout)
+    assert isinstance(calls, list)
+    return [str(call) for call in calls]
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="needs node to run the effect")
+def test_an_idle_connect_requests_nothing_until_a_token_arrives(endpoint: StreamEndpoint) -> None:
+    effect = attribute(connect_attrs(str(body[Connect()])), "data-effect")
+    first, second = SIGNER.sign(["row:1"]), SIGNER.sign(["row:2"])
+    assert _run_connect_effect(effect, []) == []  # a request with no token is a 400
+    assert _run_connect_effect(effect, [{"t1": first}, {"t2": second}]) == [
+        f"/live?t={first}",
+        f"/live?t={first}&t={second}",
+    ]
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="needs node to run the effect")
+def test_the_mirror_works_before_any_scope_exists() -> None:
+    with use_endpoint(SHARED):
+        effect = attribute(connect_attrs(str(body[Connect()])), "data-effect")
+    script = """
+    const code = process.argv[1].replaceAll("$_streamTokens", "signals._streamTokens")
+      .replaceAll("$_stream", "signals._stream");
+    const states = [];
+    const cases = [
+      {}, {_stream: "", _streamTokens: ""}, {_stream: {a_1: 0}, _streamTokens: {t: "x"}},
+    ];
+    for (const signals of cases) {
+      const el = {dataset: {}};
+      new Function("el", "signals", code)(el, signals);
+      states.push(JSON.parse(el.dataset.streamuiState));
+    }
+    console.log(JSON.stringify(states));
+    """
+    completed = subprocess.run(
+        ["node", "-e", script, effect], capture_output=True, text=True, timeout=WAIT, check=True
+    )
+    # Datastar 1.0.1 reads a signal that does not exist as "": no key either way.
+    assert json.loads(completed.stdout) == [[None, []], ["", []], [{"t": "x"}, ["a_1"]]]
+
+
 # -- registration: lazy, async, shared and concurrent rendering ------------------------------------
 
 SHARED_COUNTER = Watch("counter:shared", "/counter", id="counter")["0"]
@@ -474,7 +595,7 @@ async def test_a_module_level_watch_registers_every_time_it_renders(
     second = body[div[SHARED_COUNTER], Watch("x:1", "/x"), Connect()]
     assert connected(await render(second)) == ("counter:shared", "x:1")
     # Connect consumed the scopes: the next page starts empty.
-    assert connected(await render(body[div["static"], Connect()])) is None
+    assert connected(await render(body[div["static"], Connect()])) == ()
 
 
 async def test_lazy_children_register(render: Renderer, endpoint: StreamEndpoint) -> None:

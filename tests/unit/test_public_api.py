@@ -21,6 +21,7 @@ from streamui import (
     StreamEndpoint,
     StreamUIError,
     TokenSigner,
+    TooManyScopesError,
     Transport,
     Watch,
     init_scope,
@@ -56,6 +57,7 @@ EXPECTED_ALL = [
     "StreamUIError",
     "Subscription",
     "TokenSigner",
+    "TooManyScopesError",
     "Transport",
     "Watch",
     "Watcher",
@@ -115,11 +117,13 @@ def test_errors_form_one_tree() -> None:
         PayloadTooLargeError,
         ConfigurationError,
         BrokerStateError,
+        TooManyScopesError,
     ):
         assert issubclass(error, StreamUIError)
     assert issubclass(InvalidScopeError, ValueError)
     assert issubclass(InvalidTokenError, ValueError)
     assert issubclass(PayloadTooLargeError, ValueError)
+    assert issubclass(TooManyScopesError, ValueError)
     assert issubclass(BrokerStateError, RuntimeError)
     assert not issubclass(ConfigurationError, ValueError | RuntimeError)
 
@@ -155,16 +159,20 @@ def test_watch_effect_watch_and_watch_attrs() -> None:
 
 
 def test_scope_signals_and_init_scope() -> None:
-    assert scope_signals("invoice:42") == {"_stream": {"invoice_42": 0}}
+    assert scope_signals("invoice:42") == {
+        "_stream": {"invoice_42": 0},
+        "_streamData": {"invoice_42": ""},
+    }
     event = init_scope("invoice:42", endpoint=StreamEndpoint("/s", TokenSigner(b"k" * 32)))
     assert event.startswith("event: datastar-patch-signals\n")
 
 
 async def test_connect_renders_nothing_without_scopes() -> None:
     # Async: rendered in this test's own task, whatever other tests registered in the
-    # main thread.
+    # main thread. Connect() itself renders an idle element there, which a fragment's
+    # JoinStream() can still join; joinable=False is the Go package's behaviour.
     with use_endpoint(StreamEndpoint()):
-        assert str(Connect()) == ""
+        assert str(Connect(joinable=False)) == ""
 
 
 async def test_broker_invalidate_invalidate_many_and_prefix() -> None:
