@@ -131,6 +131,17 @@ class SSEReader:
 _TOKENS = re.compile(r'"_streamTokens":\{"\w+":"([^"]+)"\}')
 
 
+EVENT_ID = re.compile(r"([0-9]{1,16})-([0-9a-f]{8})")
+"""A stream event's id: ``<revision>-<broker id>``."""
+
+
+def revision_of(event_id: str | None) -> int:
+    """The revision in a stream event's id (which must be well-formed)."""
+    match = EVENT_ID.fullmatch(event_id or "")
+    assert match is not None, f"not an event id: {event_id!r}"
+    return int(match[1])
+
+
 def stream_tokens(page_html: str) -> list[str]:
     """The stream tokens that Connect()/JoinStream() rendered into a page."""
     return _TOKENS.findall(html.unescape(page_html))

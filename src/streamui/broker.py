@@ -4,28 +4,40 @@ Guarantees:
 
 - ``invalidate`` validates before anything is sent (a bad scope loses nothing and sends
   nothing) and returns once the transport has accepted the message.
-- One upstream subscription per distinct watched pattern per broker, shared by every
-  stream watching it and dropped when the last one ends. Streams never touch the
-  transport. Fan-out of one message costs O(streams watching that pattern).
+- Upstream, by default (``upstream="all"``), one subscription to every scope of the
+  prefix, taken at `start`: the broker sees every invalidation from then on, which is
+  what makes catch-up exact (below). Locally a subject trie finds the patterns a message
+  matches, so fan-out of one message costs O(streams watching a matching pattern).
+  With ``upstream="watched"`` (for very high invalidation rates over NATS) it holds one
+  upstream subscription per distinct watched pattern instead, shared by every stream
+  watching it and dropped when the last one ends; catch-up is then exact only for
+  patterns subscribed before the point it starts from. Streams never touch the transport.
 - Each stream's state is one small `Watcher`: the set of keys changed since its last
   write, the payloads of those changes, and the largest revision. Memory per stream is
   bounded by the number of scopes it watches (times ``max_data_bytes`` for payloads),
   whatever the client's read speed; changes that arrive while a write is in flight
   coalesce into the next frame.
 - Memory is bounded by bytes, not only counts: the shared frame cache keeps at most
-  4 MiB (oldest frames go first; a single larger frame is kept alone), the log of recent
-  invalidations at most 2 MiB (what it forgets falls back to pushing every scope).
+  4 MiB (oldest frames go first; a single larger frame is kept alone), the index of the
+  last invalidation of each scope at most 2 MiB (what it forgets falls back to pushing
+  every scope).
 - ``data`` is at most ``max_data_bytes`` of JSON (64 KiB by default): `invalidate`
   raises `PayloadTooLargeError` and sends nothing; a larger payload received from the
   transport is logged at WARNING and delivered as a plain invalidation.
 - Revisions increase strictly within a broker and are seeded from the wall clock in
   milliseconds, so a reconnected tab (possibly served by another process) still sees a
-  larger value than the one it has.
+  larger value than the one it has. Event ids are ``<revision>-<broker id>``.
+- Exact catch-up. A stream starts from a point: the render of its page, or an event id
+  (``Last-Event-ID``, or streamui's ``since``). It is pushed exactly the scopes
+  invalidated after that point: none if nothing changed. From an id of this broker the
+  point is exact; from a render time or another process's id it reaches back
+  `CLOCK_MARGIN` (clock skew between machines) unless the transport is in-process. Where
+  the broker cannot know (a point before it started or before the transport's last
+  reconnect, or older than what its index remembers), it pushes every scope, and counts
+  it in ``catch_ups["everything"]``.
 - Everything except `invalidate_threadsafe` must be called on the broker's event loop.
 
-Not guaranteed: delivery to a tab that is disconnected. Instead, a stream that resumes
-(``Last-Event-ID``) is pushed every scope it watches, and a first connection is pushed
-every scope that may have changed between the page render and the connect.
+Not guaranteed: delivery to a tab that is disconnected; the catch-up above replaces it.
 """
 
 from __future__ import annotations
@@ -34,10 +46,12 @@ import asyncio
 import json
 import logging
 import random
+import re
 import reprlib
+import secrets
 import time
-from collections import OrderedDict
-from typing import TYPE_CHECKING, Final
+from collections import Counter, OrderedDict
+from typing import TYPE_CHECKING, Final, Literal, TypeAlias, cast
 
 from datastar_py import ServerSentEventGenerator
 
@@ -46,13 +60,14 @@ from streamui.scopes import (
     DATA_NAMESPACE,
     DEFAULT_PREFIX,
     SIGNAL_NAMESPACE,
+    is_pattern,
     scope_key,
     scope_matches,
     scope_subject,
     validate_prefix,
     validate_scope,
 )
-from streamui.transports import InProcessTransport, Subscription, Transport
+from streamui.transports import InProcessTransport, SubjectTrie, Subscription, Transport
 
 if TYPE_CHECKING:
     import concurrent.futures
@@ -60,23 +75,28 @@ if TYPE_CHECKING:
     from types import TracebackType
     from typing import Self
 
-__all__ = ["Broker", "Watcher"]
+__all__ = ["CLOCK_MARGIN", "POINT", "Broker", "Upstream", "Watcher"]
 
 logger = logging.getLogger("streamui.broker")
 
+Upstream: TypeAlias = Literal["all", "watched"]
+"""What a broker subscribes to upstream: every scope of its prefix, or only what its
+streams watch (see `Broker`)."""
+
 _RECENT_BUDGET: Final = 2 * 1024 * 1024
-"""Bytes of recently invalidated scopes the broker remembers for first-connect catch-up:
-about 11,000 short scopes, 5,000 of the longest (an entry costs its scope's length plus
-`_RECENT_ENTRY_OVERHEAD`)."""
+"""Bytes of the index of recently invalidated scopes (the last revision of each), for
+catch-up: about 11,000 short scopes, 5,000 of the longest (an entry costs its scope's
+length plus `_RECENT_ENTRY_OVERHEAD`)."""
 _RECENT_ENTRY_OVERHEAD: Final = 160
-"""Bytes an entry of the log costs besides its scope's characters (str and float objects,
+"""Bytes an entry of the index costs besides its scope's characters (str and int objects,
 ordered-dict slots; ~150 measured with tracemalloc)."""
-_SINCE_MARGIN: Final = 1.0
-"""Seconds `Broker.since_time` reaches back before a time given in ms."""
-_RECENT_HORIZON: Final = 120.0
-"""Seconds a remembered invalidation stays useful; older tokens get every scope pushed."""
-_CLOCK_MARGIN: Final = 1.0
-"""Seconds of clock skew tolerated between the process that rendered and the one that streams."""
+CLOCK_MARGIN: Final = 1.0
+"""Seconds of clock skew tolerated between the process that rendered a page (or served
+its last event) and the one that streams it; a catch-up from another clock reaches back
+this far, so an invalidation in that second before the point is pushed again."""
+POINT: Final = re.compile(r"([0-9]{1,16})(?:-([0-9A-Za-z_-]{1,32}))?")
+"""A point to catch up from: an event id (``<revision>-<broker id>``), or a time in ms
+(digits, optionally followed by ``-<process instance>`` that names its clock)."""
 _FRAME_BUDGET: Final = 4 * 1024 * 1024
 """Bytes of built frames kept for sharing between streams: some 11,000 plain events, or
 a few dozen carrying ~64 KiB of data each (a frame is shared only around its revision)."""
@@ -92,18 +112,33 @@ def _now() -> float:
 
 
 class _Pattern:
-    """One upstream subscription and the watchers sharing it."""
+    """A watched pattern, the streams watching it, and (``upstream="watched"``) its own
+    upstream subscription."""
 
-    __slots__ = ("covered_since", "key", "subscribing", "subscription", "watchers")
+    __slots__ = ("covered_from", "key", "subscribing", "subscription", "watchers", "wildcard")
 
-    def __init__(self, key: str) -> None:
+    def __init__(self, key: str, wildcard: bool) -> None:
         self.key = key
+        self.wildcard = wildcard
         self.watchers: set[Watcher] = set()
         self.subscription: Subscription | None = None
         # The transport call runs in a task of its own, which every watcher awaits
         # through a shield: cancelling one waiting stream never cancels the others.
         self.subscribing: asyncio.Task[None] | None = None
-        self.covered_since = float("inf")
+        self.covered_from = _NEVER
+        """The first revision from which every invalidation it matches is known here."""
+
+    def deliver(self, concrete: str, revision: int, payload: bytes) -> None:
+        """Mark every watcher (hot path). A wildcard's data says which scope it is for."""
+        if payload and self.wildcard:
+            payload = b'{"scope":"%s","data":%s}' % (concrete.encode(), payload)
+        key = self.key
+        for watcher in self.watchers:
+            watcher.mark(key, revision, payload)
+
+
+_NEVER: Final = 2**63
+"""A revision no broker reaches: "not known from any point"."""
 
 
 class Watcher:
@@ -124,6 +159,7 @@ class Watcher:
         "_waiter",
         "closed",
         "keys",
+        "opening_id",
         "reconnect_after",
         "scopes",
     )
@@ -140,6 +176,9 @@ class Watcher:
         self.closed = False
         self.reconnect_after: int | None = None
         """Milliseconds the browser should wait before it reconnects (set on shutdown)."""
+        self.opening_id = ""
+        """The id for the stream's opening frame (set by the catch-up): a tab that resumes
+        from it is pushed at least what this stream was pushed when it started."""
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -217,6 +256,13 @@ class Broker:
     ``Broker()`` uses the in-process transport (one process). For several processes or
     machines pass a NATS transport: ``Broker(NatsTransport(...))``. Use it as an async
     context manager, or call `start` and `close` (the Litestar plugin does it for you).
+
+    *upstream* is what the broker subscribes to: ``"all"`` (the default) receives every
+    invalidation of the prefix, which makes every catch-up exact; ``"watched"`` receives
+    only the patterns its streams watch (one upstream subscription each), for
+    deployments whose whole invalidation rate is more than each process should read:
+    a stream whose page was rendered before its patterns were subscribed is then pushed
+    every such scope once.
     """
 
     def __init__(
@@ -225,6 +271,7 @@ class Broker:
         *,
         prefix: str = DEFAULT_PREFIX,
         max_data_bytes: int = _DEFAULT_MAX_DATA_BYTES,
+        upstream: Upstream = "all",
     ) -> None:
         if isinstance(max_data_bytes, bool) or not isinstance(max_data_bytes, int):
             raise ConfigurationError(f"max_data_bytes must be an int, got {max_data_bytes!r}")
@@ -232,21 +279,40 @@ class Broker:
             raise ConfigurationError(
                 f"max_data_bytes must be a positive number of bytes, got {max_data_bytes!r}"
             )
+        if upstream not in ("all", "watched"):
+            raise ConfigurationError(f"upstream must be 'all' or 'watched', got {upstream!r}")
         self.transport: Transport = transport if transport is not None else InProcessTransport()
+        if upstream == "watched" and self.transport.sees_all_publishes:
+            raise ConfigurationError(
+                "upstream='watched' is for a transport shared by several processes (NATS); "
+                "the in-process transport delivers every invalidation anyway"
+            )
         self.prefix = validate_prefix(prefix)
         self.max_data_bytes = max_data_bytes
         """The largest ``data`` payload, in bytes of JSON, sent or delivered."""
+        self.upstream: Upstream = upstream
+        self.id = secrets.token_hex(4)
+        """This broker's id (8 hex characters): event ids are ``<revision>-<id>``."""
+        self.catch_ups: Counter[str] = Counter()
+        """How streams started: ``"exact"`` (pushed only what changed after their point),
+        ``"everything"`` (pushed every scope, or every scope of a pattern, because the
+        broker could not know) and ``"resume"`` (asked to push everything)."""
         self._patterns: dict[str, _Pattern] = {}
+        self._trie = SubjectTrie()
+        """upstream="all": subject pattern -> its `_Pattern`."""
+        self._all: Subscription | None = None
+        self._complete_from = _NEVER
+        """upstream="all": the first revision from which every invalidation is known."""
         self._watchers: set[Watcher] = set()
         self._revision = 0
         # Built frames, oldest first, and what they cost against _FRAME_BUDGET.
         self._frames: OrderedDict[tuple[object, ...], bytes] = OrderedDict()
         self._frame_bytes = 0
-        # Concrete scopes invalidated recently, oldest first, with the time seen; what
-        # they cost against _RECENT_BUDGET; and the time of the newest one forgotten.
-        self._recent: OrderedDict[str, float] = OrderedDict()
+        # The revision of the last invalidation of each concrete scope seen, oldest
+        # first; what they cost against _RECENT_BUDGET; and the newest one forgotten.
+        self._recent: OrderedDict[str, int] = OrderedDict()
         self._recent_bytes = 0
-        self._recent_floor = 0.0
+        self._recent_floor = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started_at = float("inf")
         self._closed = False
@@ -261,6 +327,11 @@ class Broker:
         await self.transport.start(on_reconnect=self._resync)
         self._loop = asyncio.get_running_loop()
         self._started_at = _now()
+        if self.upstream == "all":
+            # Flushed to the server when this returns: every invalidation published from
+            # here on is received, so the index is complete from the next revision.
+            self._all = await self.transport.subscribe(f"{self.prefix}.>", self._receive)
+            self._complete_from = self.next_revision()
 
     async def close(self) -> None:
         """End every stream, drop every subscription and close the transport."""
@@ -269,11 +340,16 @@ class Broker:
         self._closed = True
         self.end_streams()
         patterns, self._patterns = self._patterns, {}
+        self._trie = SubjectTrie()
+        subscriptions = [self._all] if self._all is not None else []
+        self._all = None
         for entry in patterns.values():
             if entry.subscribing is not None:
                 entry.subscribing.cancel()
             if entry.subscription is not None:
-                await entry.subscription.unsubscribe()
+                subscriptions.append(entry.subscription)
+        for subscription in subscriptions:
+            await subscription.unsubscribe()
         if self._loop is not None:
             await self.transport.close()
         self._loop = None
@@ -296,10 +372,16 @@ class Broker:
         """After the transport reconnected: push every scope of every stream once.
 
         Invalidations published while the link was down may never arrive, and which
-        ones is unknowable, so every open tab re-fetches what it watches.
+        ones is unknowable, so every open tab re-fetches what it watches, and catch-ups
+        from a point before now push everything.
         """
         logger.info("transport reconnected: pushing every scope of %d streams", len(self._watchers))
         revision = self.next_revision()
+        if self._complete_from != _NEVER:
+            self._complete_from = revision
+        for entry in self._patterns.values():
+            if entry.covered_from != _NEVER:
+                entry.covered_from = revision
         for watcher in list(self._watchers):
             watcher.mark_all(revision)
 
@@ -332,7 +414,8 @@ class Broker:
 
         *data*, if given, must be JSON-serializable and encode to at most
         ``max_data_bytes`` (else `PayloadTooLargeError`, and nothing is sent); it is set
-        as ``_streamData.<key>`` in each tab before the revision changes.
+        as ``_streamData.<key>`` in each tab before the revision changes (for a wildcard
+        watcher: ``{"scope": <scope>, "data": data}``).
         """
         await self.invalidate_many((scope,), data=data)
 
@@ -347,7 +430,6 @@ class Broker:
         payload = _encode_data(data, self.max_data_bytes)
         self._require_started()
         for value in concrete:
-            self._remember(value, _now())
             await self.transport.publish(scope_subject(value, self.prefix), payload)
 
     def invalidate_threadsafe(
@@ -379,38 +461,75 @@ class Broker:
         """The last revision handed out (0 before any)."""
         return self._revision
 
+    def event_id(self, revision: int) -> str:
+        """The SSE id of an event of this broker at *revision*."""
+        return f"{revision}-{self.id}"
+
     @property
     def started_at(self) -> float | None:
         """Unix time at which `start` completed (None before)."""
         return None if self._started_at == float("inf") else self._started_at
 
-    def since_time(self, since: int) -> float:
-        """The *rendered_at* (for `watch`) that catches up on everything invalidated after
-        *since*, a time in ms: an event id (a revision, which runs ahead of the clock by a
-        millisecond per invalidation in a burst) or a render time. A margin earlier, but
-        never before this broker started when *since* is later: nothing before the start
-        is known here, and reaching back before it would push every scope."""
-        at = since / 1000
-        started = self.started_at
-        if started is not None and at >= started:
-            return max(at - _SINCE_MARGIN, started)
-        return at - _SINCE_MARGIN
-
     def watch(
-        self, scopes: Iterable[str], *, rendered_at: float | None = None, resume: bool = False
+        self,
+        scopes: Iterable[str],
+        *,
+        rendered_at: float | None = None,
+        after: str | None = None,
+        resume: bool = False,
+        same_clock: bool = False,
     ) -> _Watch:
         """Watch *scopes* for the lifetime of an ``async with`` block.
 
-        The block yields a `Watcher`. With ``resume=True`` (a reconnect after a gap)
-        every scope is pushed once at the start; with *rendered_at* (the time the page
-        was rendered), every scope that may have changed since then is pushed.
+        The block yields a `Watcher`. At most one of: *rendered_at* (Unix time at which
+        the page was rendered; *same_clock* if by this process, which spares the
+        `CLOCK_MARGIN`) or *after* (an event id, ``<revision>-<broker id>``, or a time
+        in ms): every scope invalidated after that point is pushed once at the start,
+        and nothing else; ``resume=True``: every scope is pushed once.
         """
         unique = tuple(dict.fromkeys(validate_scope(value) for value in scopes))
-        return _Watch(self, unique, rendered_at, resume)
+        if sum((rendered_at is not None, after is not None, resume)) > 1:
+            raise ValueError("watch() takes at most one of rendered_at, after and resume")
+        start: int | None = None
+        if after is not None:
+            start = self._start_after(after)
+        elif rendered_at is not None:
+            start = self._start_at(int(rendered_at * 1000), same_clock=same_clock)
+        return _Watch(self, unique, start, resume)
+
+    def _start_after(self, after: str) -> int:
+        """The first revision a stream that saw event *after* may have missed."""
+        match = POINT.fullmatch(after)
+        if match is None:
+            raise ValueError(
+                f"not an event id (<revision>-<broker id>) or a time in ms: {after[:40]!r}"
+            )
+        revision, broker = int(match[1]), match[2]
+        if broker == self.id:
+            return revision + 1  # this broker's own revision: nothing to guess
+        return self._start_at(revision)
+
+    def _start_at(self, ms: int, *, same_clock: bool = False) -> int:
+        """The first revision that may be news to a page rendered at *ms* (its clock).
+
+        Revisions are at least the time in ms at which this broker saw the message, so
+        anything seen after *ms* here has a revision of at least *ms*; from another
+        process's clock, reach back `CLOCK_MARGIN` for skew."""
+        if not (same_clock or self.transport.sees_all_publishes):
+            ms -= int(CLOCK_MARGIN * 1000)
+        return max(ms, 0)
 
     @property
     def subscription_count(self) -> int:
-        """Upstream subscriptions held now: one per distinct watched pattern."""
+        """Upstream subscriptions held now: one per distinct watched pattern with
+        ``upstream="watched"``; with ``"all"``, the one for every scope."""
+        if self.upstream == "all":
+            return int(self._all is not None)
+        return len(self._patterns)
+
+    @property
+    def pattern_count(self) -> int:
+        """Distinct patterns the open streams watch."""
         return len(self._patterns)
 
     @property
@@ -424,9 +543,13 @@ class Broker:
             for value, key in zip(watcher.scopes, watcher.keys, strict=True):
                 entry = self._patterns.get(value)
                 if entry is None:
-                    entry = self._patterns[value] = _Pattern(key)
-                    entry.subscribing = asyncio.create_task(self._subscribe(value, entry))
-                    entry.subscribing.add_done_callback(_retrieve)
+                    entry = self._patterns[value] = _Pattern(key, is_pattern(value))
+                    if self.upstream == "all":
+                        entry.covered_from = self._complete_from
+                        self._trie.add(scope_subject(value, self.prefix), entry)
+                    else:
+                        entry.subscribing = asyncio.create_task(self._subscribe(value, entry))
+                        entry.subscribing.add_done_callback(_retrieve)
                 entry.watchers.add(watcher)
                 if entry.subscribing is not None:
                     await asyncio.shield(entry.subscribing)
@@ -448,7 +571,7 @@ class Broker:
             raise
         finally:
             entry.subscribing = None
-        entry.covered_since = _now()
+        entry.covered_from = self.next_revision()
         if self._patterns.get(value) is not entry:  # everyone left while we subscribed
             await entry.subscription.unsubscribe()
 
@@ -463,6 +586,8 @@ class Broker:
             entry.watchers.discard(watcher)
             if not entry.watchers:
                 del self._patterns[value]
+                if self.upstream == "all":
+                    self._trie.remove(scope_subject(value, self.prefix), entry)
                 if entry.subscription is not None:
                     dropped.append(entry.subscription)
         # The bookkeeping above is already consistent; the awaits below only tell the
@@ -470,65 +595,92 @@ class Broker:
         if dropped:
             await asyncio.shield(asyncio.gather(*(sub.unsubscribe() for sub in dropped)))
 
-    def _catch_up(self, watcher: Watcher, rendered_at: float) -> None:
-        """Push the scopes that may have changed between the render and now."""
-        if not self.transport.sees_all_publishes:
-            rendered_at -= _CLOCK_MARGIN
-        if rendered_at < self._recent_floor or _now() - rendered_at > _RECENT_HORIZON:
-            watcher.mark_all()
-            return
+    def _catch_up(self, watcher: Watcher, start: int) -> None:
+        """Push the scopes invalidated at or after revision *start*; every scope of a
+        pattern for which that is not known here (not seen from that far back)."""
+        now = self._revision
+        watcher.opening_id = self.event_id(max(min(start - 1, now), 0))
         changed = []
-        for seen, when in reversed(self._recent.items()):
-            if when <= rendered_at:
-                break
-            changed.append(seen)
+        if start <= now:
+            for seen, revision in reversed(self._recent.items()):
+                if revision < start:
+                    break
+                changed.append(seen)
+        known = start > self._recent_floor
+        unknown = 0
         revision = 0
         for value, key in zip(watcher.scopes, watcher.keys, strict=True):
-            if self.transport.sees_all_publishes:
-                reliable = self._started_at <= rendered_at
-            else:
-                entry = self._patterns.get(value)
-                reliable = entry is not None and entry.covered_since <= rendered_at
-            if not reliable or any(scope_matches(value, seen) for seen in changed):
-                revision = revision or self.next_revision()
-                watcher.mark(key, revision, b"")
+            entry = self._patterns[value]
+            if not known or entry.covered_from > start:
+                unknown += 1
+            elif not any(scope_matches(value, seen) for seen in changed):
+                continue
+            revision = revision or self.next_revision()
+            watcher.mark(key, revision, b"")
+        if unknown:
+            self.catch_ups["everything"] += 1
+            logger.debug(
+                "catch-up from revision %d pushes %d scope(s) it cannot know about "
+                "(index from %d, forgotten up to %d)",
+                start,
+                unknown,
+                self._complete_from,
+                self._recent_floor,
+            )
+        else:
+            self.catch_ups["exact"] += 1
 
     # -- fan-out (hot path) ----------------------------------------------------------
 
-    def _deliver(self, entry: _Pattern, subject: str, payload: bytes) -> None:
-        # Anyone with access to the transport may publish: re-encode every payload so
-        # nothing but one line of JSON ever reaches a stream, and none over the limit
-        # (checked before parsing, and again after: escaping may lengthen it).
+    def _receive(self, subject: str, payload: bytes) -> None:
+        """upstream="all": every invalidation of the prefix."""
         if payload:
-            limit = self.max_data_bytes
-            size = len(payload)
-            if size <= limit:
-                payload = _canonical_payload(payload, subject)
-                size = len(payload)
-            if size > limit:
-                logger.warning(
-                    "dropping the payload on %r: %d bytes, over max_data_bytes=%d; "
-                    "delivering a plain invalidation",
-                    subject,
-                    size,
-                    limit,
-                )
-                payload = b""
-        now = _now()
-        self._remember(subject[len(self.prefix) + 1 :].replace(".", ":"), now)
-        revision = self.next_revision(now)
-        key = entry.key
-        for watcher in entry.watchers:
-            watcher.mark(key, revision, payload)
+            payload = self._checked(subject, payload)
+        concrete = subject[len(self.prefix) + 1 :].replace(".", ":")
+        revision = self.next_revision()
+        self._remember(concrete, revision)
+        for entry in self._trie.match(subject):
+            cast("_Pattern", entry).deliver(concrete, revision, payload)
 
-    def _remember(self, concrete: str, when: float) -> None:
+    def _deliver(self, entry: _Pattern, subject: str, payload: bytes) -> None:
+        """upstream="watched": an invalidation matching *entry*'s own subscription."""
+        if payload:
+            payload = self._checked(subject, payload)
+        concrete = subject[len(self.prefix) + 1 :].replace(".", ":")
+        revision = self.next_revision()
+        self._remember(concrete, revision)
+        entry.deliver(concrete, revision, payload)
+
+    def _checked(self, subject: str, payload: bytes) -> bytes:
+        """*payload* re-encoded, or b"" if it is not JSON or over the limit.
+
+        Anyone with access to the transport may publish: nothing but one line of JSON
+        may reach a stream, and none over the limit (checked before parsing, and again
+        after: escaping may lengthen it)."""
+        limit = self.max_data_bytes
+        size = len(payload)
+        if size <= limit:
+            payload = _canonical_payload(payload, subject)
+            size = len(payload)
+        if size > limit:
+            logger.warning(
+                "dropping the payload on %r: %d bytes, over max_data_bytes=%d; "
+                "delivering a plain invalidation",
+                subject,
+                size,
+                limit,
+            )
+            return b""
+        return payload
+
+    def _remember(self, concrete: str, revision: int) -> None:
         recent = self._recent
         known = len(recent)
-        recent[concrete] = when
+        recent[concrete] = revision
         recent.move_to_end(concrete)
         if len(recent) > known:
             self._recent_bytes += len(concrete) + _RECENT_ENTRY_OVERHEAD
-            # Forgetting raises the floor: a render older than the newest forgotten
+            # Forgetting raises the floor: a point older than the newest forgotten
             # invalidation cannot tell what changed, so its catch-up pushes everything.
             while self._recent_bytes > _RECENT_BUDGET:
                 forgotten, self._recent_floor = recent.popitem(last=False)
@@ -556,7 +708,9 @@ class Broker:
                 values = ",".join(f'"{key}":{value.decode()}' for key, (_, value) in items)
                 signals += f',"{DATA_NAMESPACE}":{{{values}}}'
             signals += "}"
-            event = ServerSentEventGenerator.patch_signals(signals, event_id=str(revision))
+            event = ServerSentEventGenerator.patch_signals(
+                signals, event_id=self.event_id(revision)
+            )
             frame = self._frames[cache_key] = event.encode()
             self._frame_bytes += len(frame) + _FRAME_ENTRY_OVERHEAD
             # Oldest first, never the frame just built: a frame is wanted around its
@@ -570,23 +724,30 @@ class Broker:
 class _Watch:
     """Async context manager returned by `Broker.watch`."""
 
-    __slots__ = ("_broker", "_rendered_at", "_resume", "_watcher")
+    __slots__ = ("_broker", "_resume", "_start", "_watcher")
 
     def __init__(
-        self, broker: Broker, scopes: tuple[str, ...], rendered_at: float | None, resume: bool
+        self, broker: Broker, scopes: tuple[str, ...], start: int | None, resume: bool
     ) -> None:
         self._broker = broker
         self._watcher = Watcher(broker, scopes)
-        self._rendered_at = rendered_at
+        self._start = start
         self._resume = resume
 
     async def __aenter__(self) -> Watcher:
         watcher = self._watcher
-        await self._broker._attach(watcher)
-        if self._resume:
+        broker = self._broker
+        await broker._attach(watcher)
+        if self._start is not None:
+            broker._catch_up(watcher, self._start)
+        # Nothing to start from: nothing is owed (a plain watch), or everything is
+        # (and a tab that resumes from the opening frame is owed everything again).
+        elif self._resume:
+            watcher.opening_id = broker.event_id(0)
+            broker.catch_ups["resume"] += 1
             watcher.mark_all()
-        elif self._rendered_at is not None:
-            self._broker._catch_up(watcher, self._rendered_at)
+        else:
+            watcher.opening_id = broker.event_id(broker.revision or broker.next_revision())
         return watcher
 
     async def __aexit__(

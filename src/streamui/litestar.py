@@ -25,7 +25,7 @@ import weakref
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
 
 from litestar import Controller, Request, Response, get
 from litestar.di import Provide
@@ -33,7 +33,7 @@ from litestar.exceptions import ClientException, NotFoundException, PermissionDe
 from litestar.plugins import InitPlugin
 
 from streamui import client
-from streamui.broker import Broker
+from streamui.broker import POINT, Broker, Upstream
 from streamui.components import StreamEndpoint, merge_tokens, use_endpoint
 from streamui.errors import ConfigurationError, InvalidTokenError
 from streamui.scopes import DEFAULT_PREFIX
@@ -64,7 +64,6 @@ Authorize = Callable[[Request[Any, Any, Any], tuple[str, ...]], bool | Awaitable
 """``authorize(request, scopes)``: return False to refuse the stream (403)."""
 
 _STATE_KEY = "streamui"
-_SINCE: Final = re.compile(r"[0-9]{1,16}")
 SECRET_ENV = "STREAMUI_SECRET"
 NATS_URL_ENV = "STREAMUI_NATS_URL"
 
@@ -95,6 +94,10 @@ class StreamConfig:
     max_data_bytes: int = 65536
     """The largest ``data=`` payload, in bytes of JSON (see `Broker`); ignored when
     *broker* is given (set it on that broker)."""
+    upstream: Upstream = "all"
+    """What the broker subscribes to over NATS: every invalidation of the prefix (exact
+    catch-up) or only the watched patterns (see `Broker`); ignored when *broker* is
+    given, and must be "all" with the in-process transport."""
     heartbeat: float = 15.0
     max_lifetime: float | None = None
     token_max_age: float | None = None
@@ -144,7 +147,8 @@ class _State:
 
 
 class StreamController(Controller):
-    """Serves ``GET <path>?t=<token>[&t=<token>…][&since=<ms>]`` as a Datastar SSE stream,
+    """Serves ``GET <path>?t=<token>[&t=<token>…][&since=<event id or ms>]`` as a Datastar
+    SSE stream,
     and ``GET <path>/merge?t=<token>…``, which answers ``{"token": …}``: one token for the
     union of the scopes of several (streamui's module uses it for the stream it shares
     between tabs, when their tokens are more than ``max_tokens``)."""
@@ -175,18 +179,29 @@ class StreamController(Controller):
             event = merge_tokens(state.endpoint, verified, event_id=opening_id)
             return event.encode() if event is not None else b""
 
-        # With since (streamui's module, which knows what its tabs have seen), the stream
-        # catches up on what was invalidated after it; a client that lies only gets more
-        # pushes, or misses its own updates.
+        # The stream catches up on what was invalidated after a point: since (streamui's
+        # module, which knows what its tabs have seen), else the last event the browser
+        # saw, else the render. A client that lies only gets more pushes, or misses its
+        # own updates. An id that is not ours (nor any broker's) is owed everything.
+        # A time tagged with this process's instance is a render here: same clock.
+        instance = state.endpoint.signer.instance
+        point = since if since is not None else request.headers.get("last-event-id") or None
+        rendered_at = None
+        resume = same_clock = False
+        if point is None:
+            rendered_at = max(token.issued_at for token in verified)
+            same_clock = all(token.instance == instance for token in verified)
+        elif (match := POINT.fullmatch(point)) is None:
+            resume = True  # not an id any broker gave (Last-Event-ID is not checked)
+        elif match[2] == instance:
+            rendered_at, same_clock = int(match[1]) / 1000, True
         return EventStream(
             state.broker,
             watched,
-            rendered_at=(
-                state.broker.since_time(since)
-                if since is not None
-                else max(token.issued_at for token in verified)
-            ),
-            resume=since is None and bool(request.headers.get("last-event-id")),
+            rendered_at=rendered_at,
+            after=point if rendered_at is None and not resume else None,
+            resume=resume,
+            same_clock=same_clock,
             heartbeat=config.heartbeat,
             max_lifetime=config.max_lifetime,
             greeting=merge,
@@ -203,15 +218,16 @@ class StreamController(Controller):
         return Response({"token": token}, headers={"cache-control": "no-store"})
 
 
-def _since(request: Request[Any, Any, Any]) -> int | None:
+def _since(request: Request[Any, Any, Any]) -> str | None:
     value = request.query_params.get("since")
     if value is None:
         return None
-    if not _SINCE.fullmatch(value):
+    if not POINT.fullmatch(value):
         raise ClientException(
-            f"since must be a time in milliseconds (digits only), got {value[:40]!r}"
+            "since must be an event id (<revision>-<broker id>) or a time in milliseconds "
+            f"(digits, optionally -<instance>), got {value[:40]!r}"
         )
-    return int(value)
+    return str(value)
 
 
 def _verified(
@@ -332,7 +348,10 @@ class StreamPlugin(InitPlugin):
     def __init__(self, config: StreamConfig | None = None) -> None:
         self.config = config = config or StreamConfig()
         self.broker = config.broker or Broker(
-            _transport(config), prefix=config.prefix, max_data_bytes=config.max_data_bytes
+            _transport(config),
+            prefix=config.prefix,
+            max_data_bytes=config.max_data_bytes,
+            upstream=config.upstream,
         )
         if config.secret is None and not self.broker.transport.sees_all_publishes:
             # A random per-process secret would make a token signed by one worker fail

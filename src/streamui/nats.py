@@ -4,9 +4,11 @@ Install with ``pip install 'streamui[nats]'``.
 
 Contract (beyond the `Transport` one):
 
-- Subjects are ``<prefix>.<segments>``; subscriptions use NATS wildcards, so the NATS
-  server does the matching and each process receives only what its streams watch.
-  An empty payload is a plain invalidation (what the Go package publishes).
+- Subjects are ``<prefix>.<segments>``; an empty payload is a plain invalidation (what
+  the Go package publishes). The broker subscribes to ``<prefix>.>`` (every
+  invalidation, for exact catch-up) or, with ``upstream="watched"``, once per watched
+  pattern with NATS wildcards, so the NATS server does the matching and each process
+  receives only what its streams watch.
 - Built from server URLs (``NatsTransport(servers=...)`` or `NatsTransport.from_env`),
   the transport owns its connection: it reconnects forever, and drains and closes it on
   `close`. Built from an existing nats-py connection, it only removes its own
@@ -17,12 +19,12 @@ Contract (beyond the `Transport` one):
   It never waits for the server to come back.
 - After every reconnect the broker pushes every watched scope once: messages published
   by other processes while the link was down are lost to this one.
-- A new subscription is flushed to this process's NATS server before a stream starts.
+- A new subscription is flushed to this process's NATS server before it is used.
   In a cluster, other nodes learn of it a moment later (NATS propagates interest
   asynchronously, typically well under a millisecond on one network): an invalidation
-  published on another node in that instant is not delivered. The first-connect
-  catch-up pushes every scope changed before the subscription; nothing covers that
-  instant after it.
+  published on another node in that instant is not delivered. With the default
+  ``upstream="all"`` that instant is at the broker's start, before any stream; with
+  ``"watched"`` it follows each new pattern, and nothing covers it.
 """
 
 from __future__ import annotations

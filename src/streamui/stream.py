@@ -8,10 +8,10 @@ verified the request). What it guarantees:
 - Every frame is written with ``await send(message)`` from the request's own task, so
   it passes every middleware of the app (compression, CORS, sessions, ...) exactly as
   any other response body would, on any ASGI server.
-- The first bytes are an id-only frame (``id: <revision>`` and ``retry:``): the
-  browser's SSE parser records the id without dispatching an event, so even a tab
-  hidden before its first invalidation reconnects with ``Last-Event-ID`` and is
-  caught up.
+- The first bytes are an id-only frame (``id:`` and ``retry:``): the browser's SSE
+  parser records the id without dispatching an event, so even a tab hidden before its
+  first invalidation reconnects with ``Last-Event-ID`` and is caught up exactly (the
+  id is the point the stream started from, see `Broker.watch`).
 - Each write carries every change coalesced since the previous write, as one
   ``datastar-patch-signals`` event with an ``id:``.
 - A comment line is written every *heartbeat* seconds so proxies keep idle streams open.
@@ -69,12 +69,14 @@ class EventStream:
     """
 
     __slots__ = (
+        "_after",
         "_broker",
         "_greeting",
         "_heartbeat",
         "_max_lifetime",
         "_rendered_at",
         "_resume",
+        "_same_clock",
         "_scopes",
     )
 
@@ -84,7 +86,9 @@ class EventStream:
         scopes: Sequence[str],
         *,
         rendered_at: float | None = None,
+        after: str | None = None,
         resume: bool = False,
+        same_clock: bool = False,
         heartbeat: float = 15.0,
         max_lifetime: float | None = None,
         greeting: Callable[[str], bytes] | None = None,
@@ -92,13 +96,21 @@ class EventStream:
         self._broker = broker
         self._scopes = tuple(scopes)
         self._rendered_at = rendered_at
+        self._after = after
         self._resume = resume
+        self._same_clock = same_clock
         self._heartbeat = heartbeat
         self._max_lifetime = max_lifetime
         self._greeting = greeting
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        watch = self._broker.watch(self._scopes, rendered_at=self._rendered_at, resume=self._resume)
+        watch = self._broker.watch(
+            self._scopes,
+            rendered_at=self._rendered_at,
+            after=self._after,
+            resume=self._resume,
+            same_clock=self._same_clock,
+        )
         try:
             watcher = await watch.__aenter__()
         except Exception as error:
@@ -138,7 +150,7 @@ class EventStream:
             await _write(
                 listener, send, {"type": "http.response.start", "status": 200, "headers": _HEADERS}
             )
-            opening_id = str(self._broker.revision or self._broker.next_revision())
+            opening_id = watcher.opening_id
             opening = f"id: {opening_id}\nretry: {RETRY_MS}\n\n".encode()
             if self._greeting is not None:
                 opening += self._greeting(opening_id)

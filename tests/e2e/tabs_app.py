@@ -49,8 +49,9 @@ class TabsApp:
         return sorted(watchers, key=id)
 
 
-def make_tabs_app(datastar: Path, *, share: bool = True) -> TabsApp:
-    broker = Broker()
+def make_tabs_app(datastar: Path, *, share: bool = True, broker: Broker | None = None) -> TabsApp:
+    """The app; *broker* (default: in-process) is started and closed by the app."""
+    broker = broker or Broker()
     state: TabsApp
 
     def board() -> Element:

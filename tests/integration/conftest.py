@@ -26,7 +26,7 @@ import pytest
 from streamui import DATA_NAMESPACE, SIGNAL_NAMESPACE, InProcessTransport
 from streamui.litestar import StreamConfig
 from tests.integration.app import make_app
-from tests.support import WAIT, Event, SSEReader, serve, stream_path, stream_tokens
+from tests.support import WAIT, Event, SSEReader, revision_of, serve, stream_path, stream_tokens
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Mapping
@@ -76,8 +76,8 @@ def check_push(event: Event) -> Push:
     """
     assert event.event == "datastar-patch-signals", event
     assert event.id is not None, f"a push without an id: {event}"
-    assert event.id.isdigit(), event
-    revision = int(event.id)
+    assert revision_of(event.id) >= 0, event
+    revision = revision_of(event.id)
     signals = event.signals
     assert set(signals) <= {SIGNAL_NAMESPACE, DATA_NAMESPACE}, signals
     revisions = signals[SIGNAL_NAMESPACE]
@@ -188,8 +188,8 @@ class Live:
             assert opening.data == [], opening
             assert opening.comments == [], opening
             assert opening.id is not None, opening
-            assert opening.id.isdigit(), opening
-            yield OpenStream(response, reader, int(opening.id))
+            assert revision_of(opening.id) >= 0, opening
+            yield OpenStream(response, reader, revision_of(opening.id))
 
     async def refused(
         self, url: str, *, headers: Mapping[str, str] | None = None
@@ -215,12 +215,13 @@ class Live:
         await self.wait_until(
             lambda: (
                 self.broker.watcher_count == 0
-                and self.broker.subscription_count == 0
-                and self.transport.subscription_count == 0
+                and self.broker.pattern_count == 0
+                # none but the broker's own one to every scope (upstream="all"), if open
+                and self.transport.subscription_count == self.broker.subscription_count
             ),
             "every stream released its subscriptions "
             f"(watchers={self.broker.watcher_count}, "
-            f"broker={self.broker.subscription_count}, "
+            f"broker={self.broker.pattern_count}, "
             f"transport={self.transport.subscription_count})",
         )
 

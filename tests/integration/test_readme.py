@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from tests.support import SSEReader, serve, stream_path, stream_tokens
+from tests.support import SSEReader, revision_of, serve, stream_path, stream_tokens
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -43,8 +43,8 @@ async def test_readme_usage_example_streams_a_vote() -> None:
             assert (await client.post("/vote")).status_code == 204
             event = await reader.next_event()
             assert event.event == "datastar-patch-signals"
-            assert event.id == str(event.signals["_stream"]["poll_1"])
-            assert int(event.id) > int(opening.id)
+            assert revision_of(event.id) == event.signals["_stream"]["poll_1"]
+            assert revision_of(event.id) > revision_of(opening.id)
         fragment = (await client.get("/tally")).text
         assert 'id="tally"' in fragment
         assert "1 votes" in fragment

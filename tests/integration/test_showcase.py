@@ -28,7 +28,7 @@ from examples.showcase import create_app
 from examples.showcase.app import DATASTAR_ENV, DATASTAR_LOCAL_PATH
 
 from streamui import DATASTAR_CDN_URL, Broker, TokenSigner
-from tests.support import WAIT, Event, SSEReader, serve, stream_path, stream_tokens
+from tests.support import WAIT, Event, SSEReader, revision_of, serve, stream_path, stream_tokens
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -121,7 +121,7 @@ class Stream:
         """The next event: a well-formed push, newer than every earlier one."""
         event = await self.reader.next_event()
         revisions = check_push(event)
-        revision = int(event.id or "")
+        revision = revision_of(event.id)
         assert revision > self.opening_id, (event, self.opening_id)
         assert revision > self.last_revision, (event, self.last_revision)
         self.last_revision = revision
@@ -142,12 +142,12 @@ def check_push(event: Event) -> dict[str, int]:
     revision}}``, every key at the revision the ``id:`` names. Return the keys."""
     assert event.event == "datastar-patch-signals", event
     assert event.id is not None, event
-    assert event.id.isdigit(), event
+    assert revision_of(event.id) >= 0, event
     signals = event.signals
     assert list(signals) == ["_stream"], signals
     revisions: dict[str, int] = signals["_stream"]
     assert revisions, event
-    assert all(value == int(event.id) for value in revisions.values()), event
+    assert all(value == revision_of(event.id) for value in revisions.values()), event
     return revisions
 
 
@@ -179,7 +179,7 @@ class Showcase:
             opening = await reader.next()
             assert opening.event is None, opening
             assert opening.id is not None, opening
-            yield Stream(reader, int(opening.id))
+            yield Stream(reader, revision_of(opening.id))
 
 
 class Start(Protocol):

@@ -50,7 +50,6 @@ def connect_signals(page: str) -> dict[str, Any]:
 
 
 async def test_stream_opens_with_datastar_headers_and_an_id_only_frame(live: Live) -> None:
-    before = time.time()
     page = await live.page("invoice:42")
     assert stream_path(page) == "/streamui/stream"
 
@@ -61,8 +60,10 @@ async def test_stream_opens_with_datastar_headers_and_an_id_only_frame(live: Liv
         assert headers["x-accel-buffering"] == "no"
         assert "content-length" not in headers
         # Revisions are seeded from the wall clock (ms), so they exceed what another or
-        # an earlier process handed out.
-        assert stream.opening_id >= int(before * 1000)
+        # an earlier process handed out. The opening id is the point the stream owes
+        # nothing before: the render, or the last revision before it.
+        assert live.broker.started_at is not None
+        assert int(live.broker.started_at * 1000) <= stream.opening_id < int(time.time() * 1000)
 
         await live.broker.invalidate("invoice:42")
         push = await stream.next_push()
@@ -197,7 +198,7 @@ async def test_two_tabs_both_receive_the_same_push(live: Live) -> None:
 
     async with live.stream(first_url) as first, live.stream(second_url) as second:
         assert live.broker.watcher_count == 2
-        assert live.broker.subscription_count == 2  # counter:shared is shared
+        assert live.broker.pattern_count == 2  # counter:shared is shared
         await live.broker.invalidate("counter:shared")
         first_push = await first.next_push()
         second_push = await second.next_push()
@@ -262,9 +263,10 @@ async def test_data_arrives_under_stream_data(live: Live, data: object) -> None:
 
         await live.broker.invalidate("invoices:7", data=data)
         push = await stream.next_push()
+        # A wildcard watcher is told which scope the data is for.
         assert push.signals == {
             "_stream": {"invoices_WILD": push.revision},
-            "_streamData": {"invoices_WILD": data},
+            "_streamData": {"invoices_WILD": {"scope": "invoices:7", "data": data}},
         }
 
         # A plain invalidation afterwards carries no stale payload.
@@ -286,7 +288,11 @@ async def test_overlapping_patterns_of_one_stream_all_get_the_change(live: Live)
         data: dict[str, Any] = {}
         for push in pushes:
             data.update(push.data)
-        assert data == {key: {"total": 7} for key in keys}
+        assert data == {
+            "invoice_42": {"total": 7},
+            "invoice_WILD": {"scope": "invoice:42", "data": {"total": 7}},
+            "invoice_REST": {"scope": "invoice:42", "data": {"total": 7}},
+        }
 
         await live.broker.invalidate("invoice:7:lines")
         await live.broker.invalidate(PROBE)
@@ -305,7 +311,7 @@ async def test_fragment_token_joins_the_stream(live: Live) -> None:
     assert "streamui-connect" not in fragment
 
     async with live.stream(url_from(page, fragment)) as stream:
-        assert live.broker.subscription_count == 3
+        assert live.broker.pattern_count == 3
         await live.broker.invalidate("rows:3")
         push = await stream.next_push()
         assert push.signals == {"_stream": {"rows_WILD": push.revision}}
@@ -324,7 +330,7 @@ async def test_overlapping_tokens_watch_each_scope_once(live: Live) -> None:
     fragment = await live.fragment("rows:*")
 
     async with live.stream(url_from(page, fragment)) as stream:
-        assert live.broker.subscription_count == 2
+        assert live.broker.pattern_count == 2
         await live.broker.invalidate("rows:1")
         push = await stream.next_push()
         assert push.signals == {"_stream": {"rows_WILD": push.revision}}
@@ -353,7 +359,7 @@ async def test_invalidate_threadsafe_from_another_thread(live: Live) -> None:
         assert errors == []
         assert push.signals == {
             "_stream": {"jobs_WILD": push.revision},
-            "_streamData": {"jobs_WILD": {"done": True}},
+            "_streamData": {"jobs_WILD": {"scope": "jobs:17", "data": {"done": True}}},
         }
 
 
@@ -386,24 +392,53 @@ async def test_heartbeat_comments_on_an_idle_stream(start: Start) -> None:
         assert push.signals == {"_stream": {"invoice_42": push.revision}}
 
 
-async def test_reconnect_with_last_event_id_pushes_every_scope_once(live: Live) -> None:
+async def test_reconnect_with_last_event_id_pushes_exactly_what_changed(live: Live) -> None:
     scopes = ("invoice:42", "rows:*", "workspace:1:>")
-    keys = {scope_key(value) for value in scopes}
     url = await live.stream_url(*scopes)
 
     async with live.stream(url) as stream:
-        last_event_id = stream.opening_id
+        await live.broker.invalidate("rows:1")
+        await stream.next_push()
+        last_event_id = stream.reader.last_id
     await live.wait_released()
+    assert last_event_id is not None
 
-    async with live.stream(url, headers={"Last-Event-ID": str(last_event_id)}) as stream:
+    # Nothing changed while away: nothing is pushed (the probe comes first).
+    async with live.stream(url, headers={"Last-Event-ID": last_event_id}) as stream:
+        await live.broker.invalidate("workspace:1:probe")
+        push = await stream.next_push()
+        assert push.signals == {"_stream": {"workspace_1_REST": push.revision}}
+        last_event_id = stream.reader.last_id
+    await live.wait_released()
+    assert last_event_id is not None
+
+    # rows:2 changed while away: exactly its watcher is pushed, once.
+    await live.broker.invalidate("rows:2")
+    await live.broker.invalidate("unwatched:1")
+    async with live.stream(url, headers={"Last-Event-ID": last_event_id}) as stream:
+        push = await stream.next_push()
+        assert push.signals == {"_stream": {"rows_WILD": push.revision}}
+        await live.broker.invalidate("invoice:42")
+        push = await stream.next_push()
+        assert push.signals == {"_stream": {"invoice_42": push.revision}}
+    assert live.broker.catch_ups["everything"] == 0
+
+
+@pytest.mark.parametrize("last_event_id", ["tomorrow", "12.5", "1" * 17])
+async def test_a_last_event_id_no_broker_gave_pushes_every_scope_once(
+    live: Live, last_event_id: str
+) -> None:
+    scopes = ("invoice:42", "rows:*", "workspace:1:>")
+    keys = {scope_key(value) for value in scopes}
+    url = await live.stream_url(*scopes)
+    async with live.stream(url, headers={"Last-Event-ID": last_event_id}) as stream:
         push = await stream.next_push()
         assert push.signals == {"_stream": dict.fromkeys(keys, push.revision)}
-        assert push.revision > last_event_id
-
         # Once: the next push is the next invalidation, nothing else.
         await live.broker.invalidate("rows:2")
         push = await stream.next_push()
         assert push.signals == {"_stream": {"rows_WILD": push.revision}}
+    assert live.broker.catch_ups["resume"] == 1
 
 
 async def test_first_connect_catches_up_on_changes_since_the_render(live: Live) -> None:

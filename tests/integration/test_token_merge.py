@@ -12,6 +12,7 @@ from streamui.components import MERGE_TOKENS_OVER, TOKENS_NAMESPACE
 from streamui.tokens import TokenSigner
 from tests.integration.conftest import SECRET, Live, url_from
 from tests.integration.test_stream import token_scopes
+from tests.support import revision_of
 
 
 def token_name(scopes: tuple[str, ...]) -> str:
@@ -28,7 +29,7 @@ async def test_a_stream_with_many_tokens_tells_the_tab_to_merge_them(live: Live)
     async with live.stream(url_from(*documents)) as stream:
         merge = await stream.reader.next_event()
         # The merge comes first, carries the stream's id, and changes only the tokens.
-        assert merge.id == str(stream.opening_id)
+        assert revision_of(merge.id) == stream.opening_id
         tokens = merge.signals[TOKENS_NAMESPACE]
         assert set(merge.signals) == {TOKENS_NAMESPACE}
         merged = [value for value in tokens.values() if value is not None]

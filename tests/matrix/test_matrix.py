@@ -48,6 +48,7 @@ from tests.matrix.servers import (
 )
 from tests.matrix.sse import WAIT, Frame, StreamReader
 from tests.matrix.variants import CREDENTIAL, CREDENTIAL_HEADER, ORIGIN, VARIANTS, Variant
+from tests.support import revision_of
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -113,7 +114,7 @@ async def open_stream(
         opening = await reader.next()
         assert opening.id_only, f"the first frame is not id-only: {opening}"
         assert opening.id is not None, opening
-        assert opening.id.isdigit(), opening
+        assert revision_of(opening.id) >= 0, opening
         assert opening.retry == 1000, f"the opening frame does not say retry: 1000: {opening}"
         yield response, reader
 
@@ -129,8 +130,8 @@ def check_push(event: Frame, keys: set[str], after: int) -> int:
     """Check that *event* sets exactly *keys* to its id, a revision above *after*."""
     assert event.event == "datastar-patch-signals", event
     assert event.id is not None, f"an event without an id: {event}"
-    assert event.id.isdigit(), event
-    revision = int(event.id)
+    assert revision_of(event.id) >= 0, event
+    revision = revision_of(event.id)
     assert revision > after, f"revision {revision} not above {after}: {event}"
     assert event.revisions == dict.fromkeys(keys, revision), (
         f"expected {sorted(keys)} set to the id {revision}: {event}"
@@ -263,7 +264,7 @@ async def run_checks(
                     assert all(frame.event is None for frame in frames), frames
                     state = await counts(client)
                     assert (state["watchers"], state["subscriptions"]) == (1, 2), state
-                    revision = int(reader.last_id or 0)
+                    revision = revision_of(reader.last_id)
                     for _ in range(2):  # each one arrives on its own, while the stream is open
                         await invalidate(client, INVALIDATED)
                         revision = check_push(await reader.next_event(), KEYS, after=revision)
@@ -278,7 +279,7 @@ async def run_checks(
                 page = await client.get("/page", params=[("scope", value) for value in SCOPES])
                 url = stream_url(page.text)
                 async with open_stream(client, url) as (response, reader):
-                    opening = int(reader.last_id or 0)
+                    opening = revision_of(reader.last_id)
                     await invalidate(client, INVALIDATED)
                     check_push(await reader.next_event(), KEYS, after=opening)
                     last_id = reader.last_id
@@ -297,7 +298,7 @@ async def run_checks(
                 open_stream(client, url, last_event_id=last_id)
             )
             resumed = reader
-            check_push(await reader.next_event(), KEYS, after=int(last_id))
+            check_push(await reader.next_event(), KEYS, after=revision_of(last_id))
         if resumed is not None:
             with checks.check("f"):
                 await signal_with_open_stream(second, resumed, signal.SIGINT, row)

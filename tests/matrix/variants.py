@@ -116,7 +116,7 @@ def build_app(variant: Variant) -> Litestar:
     async def counts(broker: NamedDependency[Broker]) -> dict[str, int]:
         return {
             "watchers": broker.watcher_count,
-            "subscriptions": broker.subscription_count,
+            "subscriptions": broker.pattern_count,
             "pid": os.getpid(),
         }
 

@@ -10,7 +10,9 @@ worker opens its stream on any other).
   scope: a page without a stream, which the tests use to see that a worker is up);
 - ``GET /component/{index}`` is what the watchers re-fetch;
 - ``POST /invalidate?scope=a`` calls ``await broker.invalidate(scope)`` (204);
-- ``GET /pid`` answers the worker's process id, so a test can tell its workers apart.
+- ``GET /pid`` answers the worker's process id, so a test can tell its workers apart;
+- ``GET /catch-ups`` answers ``broker.catch_ups`` (how this worker's streams started:
+  exact, or pushing every scope because it could not know).
 """
 
 import os
@@ -63,13 +65,18 @@ async def pid() -> dict[str, int]:
     return {"pid": os.getpid()}
 
 
+@get("/catch-ups")
+async def catch_ups(broker: NamedDependency[Broker]) -> dict[str, int]:
+    return dict(broker.catch_ups)
+
+
 def create_app() -> Litestar:
     """The worker app, configured from the environment (see the module docstring)."""
     if not os.environ.get(NATS_URL_ENV):
         raise ConfigurationError(f"the multi-process test app needs {NATS_URL_ENV}")
     # StreamConfig reads STREAMUI_NATS_URL and STREAMUI_SECRET by default.
     return Litestar(
-        route_handlers=[page, component, invalidate, pid],
+        route_handlers=[page, component, invalidate, pid, catch_ups],
         plugins=[StreamPlugin(StreamConfig())],
         debug=False,
     )

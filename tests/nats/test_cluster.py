@@ -21,11 +21,21 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 
-from streamui import scope_subject
+from streamui import DEFAULT_PREFIX
 from streamui.nats_server import free_port
 from tests.nats.conftest import nats_server_running
-from tests.nats.multiprocess import START_WAIT, Worker, app_worker, expect_push, open_stream
+from tests.nats.multiprocess import (
+    START_WAIT,
+    Worker,
+    app_worker,
+    expect_push,
+    open_stream,
+    past_the_clock_margin,
+)
 from tests.support import WAIT
+
+EVERY_SCOPE = f"{DEFAULT_PREFIX}.>"
+"""What each worker subscribes to, once, when it starts (``upstream="all"``)."""
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
@@ -148,22 +158,22 @@ async def test_an_invalidation_reaches_workers_attached_to_other_nodes() -> None
         start_workers(*nodes) as (a, b, c),
         httpx.AsyncClient(timeout=WAIT, trust_env=False) as client,
     ):
+        await past_the_clock_margin()
         page = (await client.get(a.base_url, params={"scope": [target, other]})).text
         async with (
             open_stream(client, b.base_url, page) as on_b,
             open_stream(client, c.base_url, page) as on_c,
         ):
-            last_b = await expect_push(on_b, "cluster_other", "cluster_target")
-            last_c = await expect_push(on_c, "cluster_other", "cluster_target")
-
-            # Made on node-0, delivered through the routes to node-1 and node-2.
-            await wait_for_interest(nodes[0], scope_subject(target), nodes[1], nodes[2])
+            last_b = last_c = 0
+            # Made on node-0, delivered through the routes to node-1 and node-2 (each
+            # worker subscribed to every scope when it started).
+            await wait_for_interest(nodes[0], EVERY_SCOPE, nodes[1], nodes[2])
             await invalidate(client, a, target)
             last_b = await expect_push(on_b, "cluster_target", after=last_b)
             last_c = await expect_push(on_c, "cluster_target", after=last_c)
 
             # Made on node-2: its own worker's stream and node-1's both get it.
-            await wait_for_interest(nodes[2], scope_subject(other), nodes[1])
+            await wait_for_interest(nodes[2], EVERY_SCOPE, nodes[1])
             await invalidate(client, c, other)
             await expect_push(on_b, "cluster_other", after=last_b)
             await expect_push(on_c, "cluster_other", after=last_c)
@@ -178,15 +188,16 @@ async def test_a_worker_whose_node_dies_fails_over_and_still_gets_invalidations(
         start_workers(nodes[0], nodes[1]) as (a, b),
         httpx.AsyncClient(timeout=WAIT, trust_env=False) as client,
     ):
+        await past_the_clock_margin()
         page = (await client.get(a.base_url, params={"scope": [target]})).text
         async with open_stream(client, b.base_url, page) as on_b:
-            last = await expect_push(on_b, "cluster_target")
+            last = 0
             # B was given node-1 only; nats-py learned the other nodes from the cluster.
             await nodes[1].kill()
             # After the reconnect the broker pushes every watched scope once: what was
             # invalidated while the link was down is unknowable.
             last = await expect_push(on_b, "cluster_target", after=last, timeout=START_WAIT)
-            subject = scope_subject(target)
+            subject = EVERY_SCOPE
             if await streamui_connections(nodes[0]) == 2:  # A's and B's
                 await wait_for_local_subscription(nodes[0], subject)
             else:

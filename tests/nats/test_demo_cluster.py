@@ -26,7 +26,7 @@ from examples.showcase.store import ShowcaseStore, Store
 
 from streamui.nats_server import free_port
 from tests.nats.multiprocess import ROOT, START_WAIT, open_stream, push_event, started
-from tests.support import WAIT, SSEReader
+from tests.support import WAIT, SSEReader, revision_of
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -72,10 +72,10 @@ async def next_push(reader: SSEReader) -> tuple[int, set[str]]:
     """The next event, which must be exactly a push; its revision and keys."""
     event = await reader.next_event()
     assert event.id is not None, event
-    assert event.id.isdigit(), event
+    assert revision_of(event.id) >= 0, event
     keys = set(event.signals["_stream"])
-    assert event == push_event(int(event.id), *keys), event
-    return int(event.id), keys
+    assert event == push_event(event.id, *keys), event
+    return revision_of(event.id), keys
 
 
 def counter_value(fragment: str) -> int:

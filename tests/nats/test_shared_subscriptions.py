@@ -33,7 +33,9 @@ async def test_hundreds_of_streams_share_one_server_subscription_per_subject(
 ) -> None:
     async with (
         asyncio.timeout(6 * WAIT),
-        running(nats_url=nats_server.url) as live,
+        # One upstream subscription per watched pattern (with the default, "all", there
+        # is one for every scope whatever the streams watch).
+        running(nats_url=nats_server.url, upstream="watched") as live,
         # A client of its own: the fixture's is limited to 100 connections.
         httpx.AsyncClient(
             base_url=live.base_url,
@@ -59,7 +61,7 @@ async def test_hundreds_of_streams_share_one_server_subscription_per_subject(
                 f"(streamui's connection holds {held})"
             )
             assert sorted(held) == sorted([EXACT, WILDCARD]), held
-            assert live.broker.subscription_count == 2
+            assert live.broker.pattern_count == 2
 
             # Shared, and still every stream hears one invalidation from another process.
             marker = live.broker.revision
@@ -87,7 +89,7 @@ async def test_hundreds_of_streams_share_one_server_subscription_per_subject(
             assert pushed == expected
         # Every stream closed: the subscriptions go, on the server too.
         await wait_until(
-            lambda: live.broker.watcher_count == 0 and live.broker.subscription_count == 0,
+            lambda: live.broker.watcher_count == 0 and live.broker.pattern_count == 0,
             "the broker released every stream and subscription",
         )
         await wait_for_server_subscriptions(nats_server, EXACT, 0)

@@ -82,7 +82,8 @@ async def test_a_json_payload_from_a_plain_client_reaches_the_page_as_stream_dat
         await plain_client.flush()
         pushes = await pushes_for_both_keys(stream)
     data = {key: value for push in pushes for key, value in push.data.items()}
-    assert data == {"invoice_42": payload, "invoice_WILD": payload}
+    # The wildcard watcher is told which scope the data is for.
+    assert data == {"invoice_42": payload, "invoice_WILD": {"scope": "invoice:42", "data": payload}}
 
 
 async def test_a_payload_that_is_not_json_is_a_plain_invalidation(
@@ -126,14 +127,22 @@ async def test_invalidations_from_streamui_are_what_the_go_package_listens_for(
     assert second == ("webx.scope.workspace.1.doc.7", b'{"title":"Q3"}')
 
 
-@pytest.mark.parametrize("scope", ["invoice:42", "invoice:*"])
-async def test_a_stream_subscribes_under_the_go_prefix(nats_server: NatsServer, scope: str) -> None:
+@pytest.mark.parametrize(
+    ("scope", "upstream", "subject"),
+    [
+        ("invoice:42", "all", "webx.scope.>"),
+        ("invoice:*", "all", "webx.scope.>"),
+        ("invoice:42", "watched", "webx.scope.invoice.42"),
+        ("invoice:*", "watched", "webx.scope.invoice.*"),
+    ],
+)
+async def test_a_stream_subscribes_under_the_go_prefix(
+    nats_server: NatsServer, scope: str, upstream: str, subject: str
+) -> None:
     async with (
         asyncio.timeout(2 * WAIT),
-        running(prefix="webx.scope", nats_url=nats_server.url) as live,
+        running(prefix="webx.scope", nats_url=nats_server.url, upstream=upstream) as live,
         live.stream(await live.stream_url(scope)),
     ):
-        held = await wait_for_server_subscriptions(
-            nats_server, "webx.scope." + scope.replace(":", "."), 1
-        )
-        assert held == ["webx.scope." + scope.replace(":", ".")]
+        held = await wait_for_server_subscriptions(nats_server, subject, 1)
+        assert held == [subject]

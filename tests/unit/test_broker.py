@@ -17,12 +17,14 @@ import streamui.broker
 from streamui import (
     Broker,
     BrokerStateError,
+    ConfigurationError,
     InProcessTransport,
     InvalidScopeError,
     Subscription,
     Watcher,
     scope_key,
 )
+from tests.support import revision_of
 from tests.unit.conftest import (
     WAIT,
     FakeClock,
@@ -34,17 +36,42 @@ from tests.unit.conftest import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import AsyncIterator, Callable
     from contextlib import AbstractAsyncContextManager
 
+    from streamui.broker import Upstream
     from streamui.transports import MessageHandler
 
 
 def counts(broker: Broker) -> tuple[int, int]:
-    """(upstream subscriptions the broker holds, subscriptions the transport has)."""
+    """(patterns the broker's streams watch, subscriptions the transport has besides the
+    broker's own one to every scope)."""
     transport = broker.transport
     assert isinstance(transport, InProcessTransport)
-    return broker.subscription_count, transport.subscription_count
+    own = broker.subscription_count if broker.upstream == "all" else 0
+    return broker.pattern_count, transport.subscription_count - own
+
+
+class SharedBus(InProcessTransport):
+    """The in-process transport standing in for a bus that several processes share (as
+    NATS is): the broker cannot assume it sees every publish."""
+
+    sees_all_publishes = False
+
+
+@pytest.fixture(params=["all", "watched"])
+async def any_broker(request: pytest.FixtureRequest) -> AsyncIterator[Broker]:
+    """A started broker of each upstream mode (``watched``: on a `SharedBus`)."""
+    upstream = request.param
+    transport = InProcessTransport() if upstream == "all" else SharedBus()
+    async with Broker(transport, upstream=upstream) as started:
+        yield started
+        assert counts(started) == (0, 0), "subscriptions leaked"
+
+
+def per_pattern(broker: Broker, patterns: int) -> tuple[int, int]:
+    """What `counts` gives while *patterns* distinct patterns are watched."""
+    return patterns, patterns if broker.upstream == "watched" else 0
 
 
 async def wait_for(event: asyncio.Event) -> None:
@@ -63,14 +90,14 @@ async def test_invalidate_reaches_a_watcher_of_the_exact_scope(broker: Broker) -
     (event,) = parse_events(frame)
     assert event.event == "datastar-patch-signals"
     assert event.id is not None
-    revision = int(event.id)
+    revision = revision_of(event.id)
     assert revision > before
     assert event.signals == {"_stream": {"invoice_42": revision}}
     # The exact wire format: one event, an id, one data line (what Datastar parses).
     assert (
         frame
         == (
-            f"event: datastar-patch-signals\nid: {revision}\n"
+            f"event: datastar-patch-signals\nid: {revision}-{broker.id}\n"
             f'data: signals {{"_stream":{{"invoice_42":{revision}}}}}\n\n'
         ).encode()
     )
@@ -167,10 +194,14 @@ async def test_data_is_set_under_stream_data(broker: Broker) -> None:
         frame = await next_frame(watcher)
         (event,) = parse_events(frame)
         assert event.id is not None
-        revision = int(event.id)
+        revision = revision_of(event.id)
+        # A wildcard watcher is told which scope the data is for.
         assert event.signals == {
             "_stream": {"invoice_42": revision, "invoice_WILD": revision},
-            "_streamData": {"invoice_42": data, "invoice_WILD": data},
+            "_streamData": {
+                "invoice_42": data,
+                "invoice_WILD": {"scope": "invoice:42", "data": data},
+            },
         }
         # One line of JSON: nothing in the data can start another SSE field or event.
         assert [line for line in event.data if line.startswith("signals ")] == list(event.data)
@@ -233,7 +264,7 @@ async def test_a_foreign_payload_is_re_encoded_or_dropped(broker: Broker) -> Non
         frame = await next_frame(watcher)
     (event,) = parse_events(frame)
     assert event.id is not None
-    assert event.signals == {"_stream": {"a_1": int(event.id)}}
+    assert event.signals == {"_stream": {"a_1": revision_of(event.id)}}
 
 
 # -- validation: a bad call sends nothing ------------------------------------------------------
@@ -275,6 +306,7 @@ async def test_watch_refuses_a_bad_scope(broker: Broker) -> None:
     with pytest.raises(InvalidScopeError, match="'>' at position 0 must be the last"):
         broker.watch(["a:1", ">:a"])
     assert counts(broker) == (0, 0)
+    assert broker.watcher_count == 0
 
 
 async def test_the_prefix_names_the_subjects(recording_transport: RecordingTransport) -> None:
@@ -305,25 +337,28 @@ def test_a_bad_prefix_is_refused(prefix: str) -> None:
 # -- one upstream subscription per distinct pattern -------------------------------------------
 
 
-async def test_subscriptions_are_shared_and_reference_counted(broker: Broker) -> None:
+async def test_subscriptions_are_shared_and_reference_counted(any_broker: Broker) -> None:
+    broker = any_broker
     assert counts(broker) == (0, 0)
     async with broker.watch(["a:1", "b:*", "a:1"]) as first:
-        assert counts(broker) == (2, 2)
+        assert counts(broker) == per_pattern(broker, 2)
         async with broker.watch(["a:1", "c:>"]) as second:
-            assert counts(broker) == (3, 3)
+            assert counts(broker) == per_pattern(broker, 3)
             async with broker.watch(["b:*"]):
-                assert counts(broker) == (3, 3)
-            assert counts(broker) == (3, 3)
+                assert counts(broker) == per_pattern(broker, 3)
+            assert counts(broker) == per_pattern(broker, 3)
             await broker.invalidate("a:1")
             first_revision, _ = await next_signals(first)
             second_revision, _ = await next_signals(second)
             assert first_revision == second_revision
-        assert counts(broker) == (2, 2)
+        assert counts(broker) == per_pattern(broker, 2)
     assert counts(broker) == (0, 0)
     assert broker.watcher_count == 0
+    assert not broker._trie
 
 
-async def test_a_watch_that_raises_releases_its_subscriptions(broker: Broker) -> None:
+async def test_a_watch_that_raises_releases_its_subscriptions(any_broker: Broker) -> None:
+    broker = any_broker
     held: list[tuple[int, int]] = []
 
     async def stream() -> None:
@@ -333,11 +368,12 @@ async def test_a_watch_that_raises_releases_its_subscriptions(broker: Broker) ->
 
     with pytest.raises(LookupError, match="in the stream"):
         await stream()
-    assert held == [(2, 2)]
+    assert held == [per_pattern(broker, 2)]
     assert counts(broker) == (0, 0)
 
 
-async def test_a_cancelled_stream_releases_its_subscriptions(broker: Broker) -> None:
+async def test_a_cancelled_stream_releases_its_subscriptions(any_broker: Broker) -> None:
+    broker = any_broker
     entered = asyncio.Event()
 
     async def stream() -> None:
@@ -349,15 +385,15 @@ async def test_a_cancelled_stream_releases_its_subscriptions(broker: Broker) -> 
     async with broker.watch(["a:1"]):
         task = asyncio.create_task(stream())
         await wait_for(entered)
-        assert counts(broker) == (2, 2)
+        assert counts(broker) == per_pattern(broker, 2)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        assert counts(broker) == (1, 1)
+        assert counts(broker) == per_pattern(broker, 1)
     assert counts(broker) == (0, 0)
 
 
-class GatedTransport(InProcessTransport):
+class GatedTransport(SharedBus):
     """Subscribing waits for `gate`: lets a test act while a subscription is in flight."""
 
     def __init__(self) -> None:
@@ -373,10 +409,10 @@ class GatedTransport(InProcessTransport):
 
 async def test_a_stream_cancelled_while_subscribing_leaks_nothing() -> None:
     transport = GatedTransport()
-    async with Broker(transport) as broker:
+    async with Broker(transport, upstream="watched") as broker:
         task = asyncio.create_task(broker.watch(["a:1"]).__aenter__())
         await wait_for(transport.subscribing)
-        assert broker.subscription_count == 1
+        assert broker.pattern_count == 1
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -391,7 +427,7 @@ async def test_a_stream_cancelled_while_subscribing_leaks_nothing() -> None:
 
 async def test_cancelling_one_subscribing_stream_does_not_cancel_another() -> None:
     transport = GatedTransport()
-    async with Broker(transport) as broker:
+    async with Broker(transport, upstream="watched") as broker:
         first = asyncio.create_task(broker.watch(["a:1"]).__aenter__())
         await wait_for(transport.subscribing)
         second_entered = asyncio.Event()
@@ -464,13 +500,128 @@ async def test_catch_up_pushes_nothing_when_nothing_changed(clock: FakeClock) ->
             assert signals == {"_stream": {"invoice_42": revision}}
 
 
-async def test_a_render_older_than_the_horizon_gets_every_scope(clock: FakeClock) -> None:
+async def test_a_render_from_long_ago_gets_exactly_what_changed(clock: FakeClock) -> None:
+    # A tab hidden (or offline) for ten minutes, or a day: the index still knows.
     async with Broker() as broker:
         rendered_at = clock.advance(1)
+        clock.advance(86_400)
+        await broker.invalidate("b:7")
         clock.advance(600)
         async with broker.watch(["a:1", "b:*"], rendered_at=rendered_at) as watcher:
             revision, signals = await next_signals(watcher)
-    assert signals == {"_stream": {"a_1": revision, "b_WILD": revision}}
+            assert signals == {"_stream": {"b_WILD": revision}}
+        async with broker.watch(["a:1", "b:3"], rendered_at=rendered_at) as watcher:
+            assert not watcher.ready
+    assert broker.catch_ups == {"exact": 2}
+
+
+async def test_a_resume_from_an_own_event_id_is_exact(broker: Broker) -> None:
+    async with broker.watch(["a:1", "b:*"]) as watcher:
+        await broker.invalidate("b:2")
+        frame = await next_frame(watcher)
+    (event,) = parse_events(frame)
+    assert event.id == broker.event_id(revision_of(event.id))
+    # Back with the id of the last event it saw: nothing new, nothing pushed again.
+    async with broker.watch(["a:1", "b:*"], after=event.id) as watcher:
+        assert not watcher.ready
+        assert watcher.opening_id == event.id
+        await broker.invalidate("a:1")
+        revision, signals = await next_signals(watcher)
+        assert signals == {"_stream": {"a_1": revision}}
+    # From the event before it: exactly that one change.
+    earlier = broker.event_id(revision_of(event.id) - 1)
+    async with broker.watch(["a:1", "b:*"], after=earlier) as watcher:
+        revision, signals = await next_signals(watcher)
+        assert signals == {"_stream": {"a_1": revision, "b_WILD": revision}}
+    assert broker.catch_ups == {"exact": 2}
+
+
+async def test_an_id_from_another_process_reaches_back_the_clock_margin(clock: FakeClock) -> None:
+    async with Broker(SharedBus()) as broker:
+        clock.advance(2)  # (a point within the margin of the start would get everything)
+        await broker.invalidate("a:1")
+        seen_at = clock.advance(0.5)  # the other process's event, half a second later
+        clock.advance(5)
+        await broker.invalidate("b:1")
+        foreign = f"{int(seen_at * 1000)}-0badc0de"
+        async with broker.watch(["a:1", "b:1", "c:1"], after=foreign) as watcher:
+            revision, signals = await next_signals(watcher)
+    # a:1 came half a second before: within the skew allowed between two clocks.
+    assert signals == {"_stream": {"a_1": revision, "b_1": revision}}
+    assert streamui.broker.CLOCK_MARGIN == 1.0
+    assert broker.catch_ups == {"exact": 1}
+
+
+async def test_a_resumed_stream_that_drops_before_its_first_event_is_owed_it_again(
+    broker: Broker,
+) -> None:
+    await broker.invalidate("a:1")
+    async with broker.watch(["a:1", "b:1"], resume=True) as watcher:
+        opening = watcher.opening_id
+        assert watcher.ready  # everything, pushed but never read: the tab dropped
+    async with broker.watch(["a:1", "b:1"], after=opening) as watcher:
+        revision, signals = await next_signals(watcher)
+    assert signals == {"_stream": {"a_1": revision, "b_1": revision}}
+    assert broker.catch_ups == {"resume": 1, "everything": 1}
+
+
+async def test_the_opening_id_owes_what_the_catch_up_pushed(clock: FakeClock) -> None:
+    async with Broker() as broker:
+        rendered_at = clock.advance(1)
+        clock.advance(1)
+        await broker.invalidate("a:1")
+        async with broker.watch(["a:1", "b:1"], rendered_at=rendered_at) as watcher:
+            assert watcher.ready
+            opening = watcher.opening_id
+        # The tab dropped before reading the catch-up: resuming from the opening id
+        # pushes it again, and only it.
+        async with broker.watch(["a:1", "b:1"], after=opening) as watcher:
+            revision, signals = await next_signals(watcher)
+        assert signals == {"_stream": {"a_1": revision}}
+
+
+async def test_after_a_transport_reconnect_older_points_get_every_scope(clock: FakeClock) -> None:
+    async with Broker() as broker:
+        rendered_at = clock.advance(1)
+        clock.advance(1)
+        broker._resync()  # what the transport calls after its link came back
+        clock.advance(1)
+        async with broker.watch(["a:1"], rendered_at=rendered_at) as watcher:
+            revision, signals = await next_signals(watcher)
+        assert signals == {"_stream": {"a_1": revision}}
+        async with broker.watch(["a:1"], rendered_at=clock.advance(1)) as watcher:
+            assert not watcher.ready
+    assert broker.catch_ups == {"everything": 1, "exact": 1}
+
+
+async def test_watched_upstream_is_exact_only_for_patterns_subscribed_before_the_point(
+    clock: FakeClock,
+) -> None:
+    async with Broker(SharedBus(), upstream="watched") as broker:
+        clock.advance(1)
+        async with broker.watch(["a:1"]):
+            rendered_at = clock.advance(5)  # later than the margin after a:1's subscription
+            clock.advance(5)
+            async with broker.watch(["a:1", "b:1"], rendered_at=rendered_at) as watcher:
+                # a:1 was covered all along (nothing changed); b:1 is new here.
+                revision, signals = await next_signals(watcher)
+    assert signals == {"_stream": {"b_1": revision}}
+    assert broker.catch_ups == {"everything": 1}
+
+
+@pytest.mark.parametrize("after", ["", "12a", "-1", "1" * 17, "12-", "12-a.b", "12-" + "a" * 33])
+async def test_watch_refuses_a_point_that_is_not_an_event_id(broker: Broker, after: str) -> None:
+    with pytest.raises(ValueError, match="not an event id"):
+        broker.watch(["a:1"], after=after)
+    with pytest.raises(ValueError, match="at most one of"):
+        broker.watch(["a:1"], after="12", resume=True)
+
+
+def test_upstream_is_checked() -> None:
+    with pytest.raises(ConfigurationError, match="upstream must be 'all' or 'watched', got 'some'"):
+        Broker(upstream="some")  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="upstream='watched' is for a transport shared"):
+        Broker(upstream="watched")
 
 
 async def test_a_render_before_the_broker_started_gets_every_scope(clock: FakeClock) -> None:
@@ -583,20 +734,22 @@ async def test_using_a_broker_after_close_is_an_error() -> None:
     await broker.close()  # closing twice is harmless
 
 
-async def test_close_ends_every_watcher_and_drops_every_subscription() -> None:
-    broker = Broker()
+@pytest.mark.parametrize("upstream", ["all", "watched"])
+async def test_close_ends_every_watcher_and_drops_every_subscription(upstream: Upstream) -> None:
+    transport = InProcessTransport() if upstream == "all" else SharedBus()
+    broker = Broker(transport, upstream=upstream)
     await broker.start()
     async with broker.watch(["a:1"]) as first, broker.watch(["b:*", "a:1"]) as second:
         woken = asyncio.create_task(first.wait())
-        assert counts(broker) == (2, 2)
+        assert counts(broker) == per_pattern(broker, 2)
         await broker.close()
         async with asyncio.timeout(WAIT):
             await woken
         assert first.closed
         assert second.closed
         assert second.ready
-        assert counts(broker) == (0, 0)
-    assert counts(broker) == (0, 0)
+        assert (broker.pattern_count, transport.subscription_count) == (0, 0)
+    assert (broker.pattern_count, transport.subscription_count) == (0, 0)
 
 
 async def test_end_streams_closes_watchers_and_keeps_the_broker_running(broker: Broker) -> None:
@@ -678,11 +831,17 @@ class BrokerMachine(RuleBasedStateMachine):
         self.runner.run(self.broker.invalidate_many(concrete, data=data))
         for number in self.open:
             for pattern in self.scopes[number]:
-                if any(nats_matches(pattern.split(":"), value.split(":")) for value in concrete):
+                wildcard = {"*", ">"} & set(pattern.split(":"))
+                for value in concrete:
+                    if not nats_matches(pattern.split(":"), value.split(":")):
+                        continue
                     key = scope_key(pattern)
                     self.pending[number].add(key)
                     if data is not None:
-                        self.data[number][key] = data
+                        # The last one wins; a wildcard's data names its scope.
+                        self.data[number][key] = (
+                            {"scope": value, "data": data} if wildcard else data
+                        )
 
     @rule(number=watchers)
     def take(self, number: int) -> None:
@@ -696,7 +855,7 @@ class BrokerMachine(RuleBasedStateMachine):
             return
         (event,) = parse_events(frame)
         assert event.id is not None
-        revision = int(event.id)
+        revision = revision_of(event.id)
         assert revision > self.revisions[number]
         expected: dict[str, object] = {"_stream": dict.fromkeys(self.pending[number], revision)}
         if self.data[number]:
@@ -709,16 +868,16 @@ class BrokerMachine(RuleBasedStateMachine):
     @invariant()
     def one_subscription_per_distinct_watched_pattern(self) -> None:
         distinct = {value for number in self.open for value in self.scopes[number]}
-        assert self.broker.subscription_count == len(distinct)
-        assert self.transport.subscription_count == len(distinct)
+        assert self.broker.pattern_count == len(distinct)
+        assert self.transport.subscription_count == 1
         assert self.broker.watcher_count == len(self.open)
 
     def teardown(self) -> None:
         try:
             for block, _ in self.open.values():
                 self.runner.run(block.__aexit__(None, None, None))
-            assert self.broker.subscription_count == 0
-            assert self.transport.subscription_count == 0
+            assert self.broker.pattern_count == 0
+            assert self.transport.subscription_count == 1
             self.runner.run(self.broker.close())
         finally:
             self.runner.close()

@@ -40,13 +40,13 @@ const RETIRE_MS = 1000;
 /** A stream serving tabs that left is replaced this long after the last of them left. */
 const SHRINK_MS = 2000;
 /** `since` for a stream that needs no catch-up (the latest time a Date can hold). */
-const NO_CATCH_UP = 8.64e15;
+const NO_CATCH_UP = "8640000000000000";
 const RETRY_MIN_MS = 1000;
 const RETRY_MAX_MS = 30000;
 
 /**
  * @typedef {{path: string, mergePath: string, maxTokens: number, maxScopes: number, mergeOver: number}} Config
- * @typedef {{name: string, token: string, at: number, scopes: string[]}} Token
+ * @typedef {{name: string, token: string, at: number, clock: string, scopes: string[]}} Token
  * @typedef {{tokens: Token[], visible: boolean}} TabInfo
  * @typedef {{_stream?: Record<string, unknown>, _streamData?: Record<string, unknown>}} Patch
  * @typedef {{v: number, from: string, type: string, [field: string]: unknown}} Message
@@ -58,7 +58,8 @@ function newId() {
 }
 
 /**
- * What a stream token says about itself: its scopes and when it was rendered (ms).
+ * What a stream token says about itself: its scopes and when it was rendered (ms, and
+ * as a point to catch up from: `<ms>-<instance>`, which names the rendering process).
  * Read without checking the signature, which only the server can; used to choose what
  * to ask for, never to grant anything.
  * @param {string} name
@@ -69,10 +70,38 @@ function readToken(name, token) {
   try {
     const base64 = token.split(".")[0].replace(/-/g, "+").replace(/_/g, "/");
     const claims = JSON.parse(atob(base64));
-    return { name, token, at: Number(claims.t) || 0, scopes: claims.s || [] };
+    // The render time, named after the process that rendered it (its clock).
+    const at = Number(claims.t) || 0;
+    const clock = typeof claims.i === "string" ? `${at}-${claims.i}` : String(at);
+    return { name, token, at, clock, scopes: claims.s || [] };
   } catch {
-    return { name, token, at: 0, scopes: [] };
+    return { name, token, at: 0, clock: "0", scopes: [] };
   }
+}
+
+/**
+ * The time or revision (ms) of a point: an event id (`<revision>-<broker>`) or a time.
+ * @param {string} point
+ */
+function pointMs(point) {
+  return parseInt(point, 10) || 0;
+}
+
+/**
+ * The earliest of *points*.
+ * @param {string[]} points
+ */
+function earliest(points) {
+  return points.reduce((a, b) => (pointMs(b) < pointMs(a) ? b : a));
+}
+
+/**
+ * The later of two points (*a* may be null).
+ * @param {string | null} a
+ * @param {string} b
+ */
+function later(a, b) {
+  return a === null || pointMs(b) >= pointMs(a) ? b : a;
 }
 
 /**
@@ -180,7 +209,11 @@ class Tab {
     this.tabs = new Map();
     /** @type {Set<string>} the tabs the leader's stream serves */
     this.joined = new Set();
-    /** @type {number | null} ms, server clock: every served tab has all invalidations before it */
+    /**
+     * The last event id of the stream (`<revision>-<broker>`), or a time in ms: every
+     * served tab has seen every invalidation up to it.
+     * @type {string | null}
+     */
     this.synced = null;
     /** @type {string | null} */
     this.leaderId = null;
@@ -373,7 +406,7 @@ class Tab {
         }
         this.heardAt = performance.now();
         this.pingedAt = null;
-        this.synced = /** @type {number | null} */ (message.synced);
+        this.synced = /** @type {string | null} */ (message.synced);
         this.joined = new Set(/** @type {string[]} */ (message.joined));
         break;
       }
@@ -382,7 +415,7 @@ class Tab {
         break;
       case "patch":
         if (from !== this.leaderId) return; // from a leader that lost the lock meanwhile
-        this.synced = /** @type {number | null} */ (message.synced);
+        this.synced = /** @type {string | null} */ (message.synced);
         this.apply(/** @type {Patch} */ (message.patch));
         break;
       case "overflow":
@@ -572,7 +605,7 @@ class Leader {
     const scopes = new Set();
     /** @type {string[]} */
     const served = [];
-    /** @type {number[]} */
+    /** @type {string[]} points to catch up from: event ids, or render times in ms */
     const since = [];
     for (const id of ids) {
       const info = /** @type {TabInfo} */ (tab.tabs.get(id));
@@ -594,12 +627,12 @@ class Leader {
       // Catch up from the oldest point a served tab may have missed something: its
       // render, for a tab not served yet; for the others, nothing while the live stream
       // serves them until this one opens, else the last point the tabs reached.
-      if (!tab.joined.has(id)) since.push(...info.tokens.map((t) => t.at));
-      else if (!live) since.push(tab.synced ?? Math.min(...info.tokens.map((t) => t.at)));
+      if (!tab.joined.has(id)) since.push(...info.tokens.map((t) => t.clock));
+      else if (!live) since.push(tab.synced ?? String(Math.min(...info.tokens.map((t) => t.at))));
     }
     if (!served.length) return;
     // Nothing to catch up on: the live stream serves every tab until this one opens.
-    const from = since.length ? Math.min(...since) : live ? NO_CATCH_UP : null;
+    const from = since.length ? earliest(since) : live ? NO_CATCH_UP : null;
     const connection = new Connection(this, served, from);
     this.opening = connection;
     /** @type {string[]} */
@@ -640,10 +673,12 @@ class Leader {
   }
 
   /**
-   * *connection* opened: it replaces the live stream.
+   * *connection* opened: it replaces the live stream. Its opening frame's id says up to
+   * where the server owes nothing more to the tabs it serves.
    * @param {Connection} connection
+   * @param {string | null} id
    */
-  opened(connection) {
+  opened(connection, id) {
     if (this.opening !== connection) return;
     this.opening = null;
     // The old stream keeps going a moment: a frame it was sent just before this one
@@ -661,9 +696,7 @@ class Leader {
     this.retryMs = RETRY_MIN_MS;
     const tab = this.tab;
     tab.joined = new Set(connection.served);
-    if (connection.since !== null && connection.since !== NO_CATCH_UP) {
-      tab.synced = connection.since;
-    }
+    if (id !== null) tab.synced = id;
     this.beat();
     this.reconcile(); // tabs that came meanwhile
   }
@@ -686,7 +719,7 @@ class Leader {
    * An event from *connection*: post it to the other tabs and apply it here.
    * @param {Connection} connection
    * @param {string} data
-   * @param {number | null} id
+   * @param {string | null} id
    */
   event(connection, data, id) {
     if (connection !== this.live && !this.retiring.has(connection)) return;
@@ -696,7 +729,7 @@ class Leader {
     const signals = JSON.parse(data.slice("signals ".length));
     // A merge of the stream's tokens: the leader builds its own URLs, tabs keep theirs.
     delete signals._streamTokens;
-    if (connection === this.live && id !== null) tab.synced = Math.max(tab.synced ?? 0, id);
+    if (connection === this.live && id !== null) tab.synced = later(tab.synced, id);
     if (!signals._stream && !signals._streamData) return;
     tab.post("patch", { patch: signals, synced: tab.synced });
     tab.apply(signals);
@@ -732,7 +765,7 @@ class Connection {
   /**
    * @param {Leader} leader
    * @param {string[]} served the tabs it serves
-   * @param {number | null} since catch up on what was invalidated after this (ms)
+   * @param {string | null} since catch up on what was invalidated after this point
    */
   constructor(leader, served, since) {
     this.leader = leader;
@@ -749,7 +782,7 @@ class Connection {
   async run(tokens) {
     const { path } = this.leader.tab.config;
     const query = tokens.map((token) => `t=${encodeURIComponent(token)}`);
-    if (this.since !== null) query.push(`since=${Math.max(0, Math.floor(this.since))}`);
+    if (this.since !== null) query.push(`since=${encodeURIComponent(this.since)}`);
     /** @type {number | null} */
     let retry = null;
     try {
@@ -768,9 +801,9 @@ class Connection {
         if (event.retry !== null) retry = event.retry;
         if (first) {
           first = false;
-          this.leader.opened(this);
+          this.leader.opened(this, event.id);
         }
-        if (event.data) this.leader.event(this, event.data, event.id ? Number(event.id) : null);
+        if (event.data) this.leader.event(this, event.data, event.id);
       });
     } catch {
       // A network error or an abort: handled below.
