@@ -33,13 +33,15 @@ initialisation. The Connect element's effect reads ``_streamTokens`` and opens
 runs again and Datastar's request cancellation aborts the previous stream, so a tab holds
 exactly one.
 
-With an endpoint that shares streams across tabs (``client_url``, the Litestar plugin's
-default), Connect's effect instead mirrors ``_streamTokens`` and the watched keys into
-its ``data-streamui-state`` attribute and loads streamui's module (`streamui.client`):
-the tabs of a browser elect one that holds a single stream for all of them, and each tab
-applies the events for its keys through a ``data-signals`` attribute. The Datastar
-stream above is kept in ``data-streamui-fallback``, for a browser without Web Locks or
-BroadcastChannel.
+With an endpoint that has streamui's module (``client_url``, as the Litestar plugin
+sets it), Connect's effect instead mirrors ``_streamTokens`` and the watched keys into
+its ``data-streamui-state`` attribute and loads the module (`streamui.client`): the tabs
+of a browser elect one that holds a single stream for all of them (or, with
+``share_across_tabs=False`` or without Web Locks or BroadcastChannel, each tab holds its
+own), and each tab applies the events for its keys through a ``data-signals``
+attribute. The module stops a stream the server refuses and says why in ``_streamError``
+(`ERROR_SIGNAL`). The Datastar stream above is kept in ``data-streamui-fallback``, for
+a tab whose scopes do not fit in the shared stream.
 """
 
 from __future__ import annotations
@@ -76,6 +78,7 @@ __all__ = [
     "CONNECT_ID",
     "DATASTAR_CDN_URL",
     "DATASTAR_VERSION",
+    "ERROR_SIGNAL",
     "TOKENS_NAMESPACE",
     "Connect",
     "JoinStream",
@@ -96,6 +99,9 @@ DATASTAR_CDN_URL: Final = (
 CONNECT_ID: Final = "streamui-connect"
 TOKENS_NAMESPACE: Final = "_streamTokens"
 """Signals holding the tab's stream tokens (one per Connect/JoinStream)."""
+ERROR_SIGNAL: Final = "_streamError"
+"""Signal saying why the server refused the tab's stream ("" while it is not refused),
+for the page to show (streamui's module sets it)."""
 
 _RETRY_MAX_COUNT: Final = 1_000_000_000
 """Datastar gives up after this many consecutive failures (its default is 10)."""
@@ -111,8 +117,12 @@ class StreamEndpoint:
     path: str = "/streamui/stream"
     signer: TokenSigner = field(default_factory=TokenSigner)
     client_url: str | None = None
-    """URL of streamui's browser module (`streamui.client`): set, the tabs of a browser
-    share one stream; None gives every tab its own (Datastar only)."""
+    """URL of streamui's browser module (`streamui.client`), which holds the stream (one
+    per browser, or per tab); None: every tab opens its own with Datastar alone."""
+    share_across_tabs: bool = True
+    """With the module: the tabs of a browser share one stream (else one per tab)."""
+    reload_when_refused: bool = True
+    """With the module: a tab whose stream gets a 403 reloads once (with backoff)."""
     max_tokens: int = 16
     max_scopes: int = 64
 
@@ -426,10 +436,11 @@ into an attribute, where streamui's module (which needs nothing from Datastar) r
 ``|| {}`` in case ``_stream`` does not exist yet: Datastar 1.0.1 reads a missing signal as
 ``""`` (no keys), but undefined would throw and stop the effect for good."""
 
-_IDLE_SIGNALS: Final[dict[str, dict[str, Any]]] = {
+_IDLE_SIGNALS: Final[dict[str, Any]] = {
     SIGNAL_NAMESPACE: {},
     DATA_NAMESPACE: {},
     TOKENS_NAMESPACE: {},
+    ERROR_SIGNAL: "",
 }
 """An idle Connect's signals: the namespaces exist, empty (Datastar creates an empty
 object signal), so that effects reading them track the keys a JoinStream adds."""
@@ -487,7 +498,9 @@ def Connect(
             include_signals="^$",
         )
         if scopes:
-            signals = _signals_json(_token_signals(chosen, scopes, rendered_at))
+            signals = _signals_json(
+                {**_token_signals(chosen, scopes, rendered_at), ERROR_SIGNAL: ""}
+            )
         else:
             # Idle: a request without a token is a 400. The effect reads the token list on
             # every run, so it runs again (and opens the stream) when a JoinStream adds one.
@@ -504,6 +517,8 @@ def Connect(
             "maxTokens": chosen.max_tokens,
             "maxScopes": chosen.max_scopes,
             "mergeOver": MERGE_TOKENS_OVER,
+            "share": chosen.share_across_tabs,
+            "reload": chosen.reload_when_refused,
         }
         return div(
             {

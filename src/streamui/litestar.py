@@ -25,7 +25,7 @@ import weakref
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from litestar import Controller, Request, Response, get
 from litestar.di import Provide
@@ -51,6 +51,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "NATS_URL_ENV",
+    "REFUSED_TOKENS_HEADER",
     "SECRET_ENV",
     "Authorize",
     "StreamConfig",
@@ -65,6 +66,8 @@ Authorize = Callable[[Request[Any, Any, Any], tuple[str, ...]], bool | Awaitable
 
 _STATE_KEY = "streamui"
 SECRET_ENV = "STREAMUI_SECRET"
+REFUSED_TOKENS_HEADER: Final = "streamui-refused-tokens"
+"""On a 403 for tokens that do not verify: their indexes among the request's ``t``."""
 NATS_URL_ENV = "STREAMUI_NATS_URL"
 
 
@@ -113,6 +116,11 @@ class StreamConfig:
     """One stream per browser: all tabs of a browser profile showing this app share the
     stream of one of them (Web Locks + BroadcastChannel; per-tab streams where a browser
     lacks them). False gives every tab its own stream."""
+    reload_when_refused: bool = True
+    """A tab whose stream is refused with a 403 (its token no longer verifies after a
+    secret rotation or its expiry, or ``authorize`` said no) reloads once, for a fresh
+    page; refused again, it waits 30 s, then longer. False only shows the reason, in the
+    ``_streamError`` signal (as for any refusal)."""
     compress: bool = False
     """Let the app's Litestar compression (``compression_config``) compress the stream.
     Off by default: events are ~100 bytes, and a compressed stream keeps a compressor
@@ -124,10 +132,10 @@ class StreamConfig:
         for name in ("max_scopes", "max_tokens", "max_data_bytes"):
             if getattr(self, name) < 1:
                 raise ConfigurationError(f"{name} must be at least 1, got {getattr(self, name)!r}")
-        if self.share_across_tabs and self.max_tokens < 2:
+        if self.max_tokens < 2:
             raise ConfigurationError(
-                "share_across_tabs needs max_tokens of at least 2 (the shared stream merges "
-                f"the tokens of many tabs, a few at a time), got {self.max_tokens!r}"
+                "max_tokens must be at least 2 (streamui's module has the server merge the "
+                f"tokens of a stream, a few at a time), got {self.max_tokens!r}"
             )
         if self.heartbeat <= 0:
             raise ConfigurationError(f"heartbeat must be positive seconds, got {self.heartbeat!r}")
@@ -243,11 +251,19 @@ def _verified(
             f"too many stream tokens: {len(tokens)}, the limit is {config.max_tokens}"
         )
     verified = []
-    for token in tokens:
+    refused: list[tuple[int, str]] = []
+    for index, token in enumerate(tokens):
         try:
             verified.append(state.endpoint.signer.verify(token))
         except InvalidTokenError as error:
-            raise PermissionDeniedException(_refusal(state, token, error)) from None
+            refused.append((index, _refusal(state, token, error)))
+    if refused:
+        # Which tokens: a stream shared by several tabs drops the tabs holding them (they
+        # reload) and goes on for the others.
+        raise PermissionDeniedException(
+            refused[0][1],
+            headers={REFUSED_TOKENS_HEADER: ",".join(str(index) for index, _ in refused)},
+        )
     if state.broker.transport.sees_all_publishes:
         _check_one_process(state, verified)
     scopes = dict.fromkeys(value for token in verified for value in token.scopes)
@@ -363,7 +379,9 @@ class StreamPlugin(InitPlugin):
         self.endpoint = StreamEndpoint(
             config.path,
             TokenSigner(config.secret, max_age=config.token_max_age),
-            client_url=client.url_for(config.path) if config.share_across_tabs else None,
+            client_url=client.url_for(config.path),
+            share_across_tabs=config.share_across_tabs,
+            reload_when_refused=config.reload_when_refused,
             max_tokens=config.max_tokens,
             max_scopes=config.max_scopes,
         )

@@ -2,7 +2,8 @@
 
 - ``GET /tab/{n}``: ``#board`` watches ``board``; ``#note`` watches ``board`` and
   ``note:{n}``; a "More" button loads ``/more/{n}``, a fragment whose ``#extra`` watches
-  ``extra:{n}`` and ends with `JoinStream()`. Then `Connect()`.
+  ``extra:{n}`` and ends with `JoinStream()`. Then `Connect()`, and ``#error`` showing
+  ``$_streamError``. Page loads are counted per tab number.
 - ``GET /board``, ``/note/{n}``, ``/extra/{n}``: what the components re-fetch; each shows
   the current version of its scopes, and every such request is counted by path.
 - `TabsApp.bump` changes a scope's version and invalidates it, as an app's handler would.
@@ -14,6 +15,7 @@
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from htpy import Element, body, button, div, h1, head, html, link, p, script, title
 from litestar import Litestar, MediaType, get
@@ -36,6 +38,8 @@ class TabsApp:
     versions: Counter[str] = field(default_factory=Counter)
     fetches: Counter[str] = field(default_factory=Counter)
     """Component requests by path (``/board``, ``/note/3``, ...)."""
+    pages: Counter[int] = field(default_factory=Counter)
+    """Page loads by tab number (``/tab/{n}``)."""
 
     async def bump(self, scope: str) -> None:
         self.versions[scope] += 1
@@ -49,9 +53,19 @@ class TabsApp:
         return sorted(watchers, key=id)
 
 
-def make_tabs_app(datastar: Path, *, share: bool = True, broker: Broker | None = None) -> TabsApp:
-    """The app; *broker* (default: in-process) is started and closed by the app."""
+def make_tabs_app(
+    datastar: Path,
+    *,
+    share: bool = True,
+    broker: Broker | None = None,
+    versions: Counter[str] | None = None,
+    **config: Any,
+) -> TabsApp:
+    """The app; *broker* (default: in-process) is started and closed by the app.
+    *versions* carries the data over from an app this one replaces (a restart), and
+    *config* goes to `StreamConfig` (default secret: `SECRET`)."""
     broker = broker or Broker()
+    config.setdefault("secret", SECRET)
     state: TabsApp
 
     def board() -> Element:
@@ -67,6 +81,7 @@ def make_tabs_app(datastar: Path, *, share: bool = True, broker: Broker | None =
 
     @get("/tab/{n:int}", media_type=MediaType.HTML)
     async def tab(n: FromPath[int]) -> str:
+        state.pages[n] += 1
         return str(
             html[
                 head[
@@ -81,6 +96,7 @@ def make_tabs_app(datastar: Path, *, share: bool = True, broker: Broker | None =
                     button("#more-button", {"data-on:click": f"@get('/more/{n}')"})["More"],
                     div("#more"),
                     Connect(),
+                    p("#error", {"data-text": "$_streamError"}),
                 ],
             ]
         )
@@ -110,7 +126,9 @@ def make_tabs_app(datastar: Path, *, share: bool = True, broker: Broker | None =
 
     app = Litestar(
         route_handlers=[tab, board_fragment, note_fragment, more, extra_fragment, datastar_js],
-        plugins=[StreamPlugin(StreamConfig(secret=SECRET, broker=broker, share_across_tabs=share))],
+        plugins=[StreamPlugin(StreamConfig(broker=broker, share_across_tabs=share, **config))],
     )
     state = TabsApp(app, broker)
+    if versions is not None:
+        state.versions = versions
     return state

@@ -17,12 +17,13 @@ import json
 import re
 import time
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from streamui import ConfigurationError, scope_key
+from streamui import ConfigurationError, TokenSigner, scope_key
 from streamui.client import CACHE_CONTROL, source
-from streamui.litestar import StreamConfig
+from streamui.litestar import REFUSED_TOKENS_HEADER, StreamConfig
 from tests.integration.conftest import SECRET, url_from
 from tests.support import stream_tokens
 
@@ -48,6 +49,10 @@ def module_src(page: str) -> str:
     match = re.search(r'<div id="streamui-connect"[^>]*><script type="module" src="([^"]+)"', page)
     assert match, "Connect() does not load streamui's module"
     return match.group(1)
+
+
+def stream_tokens_of(url: str) -> list[str]:
+    return parse_qs(urlsplit(url).query)["t"]
 
 
 def detail(response: httpx.Response) -> str:
@@ -77,29 +82,43 @@ async def test_connect_loads_the_module_from_a_url_naming_its_digest(live: Live)
         "maxTokens": 16,
         "maxScopes": 64,
         "mergeOver": 4,
+        "share": True,
+        "reload": True,
     }
     assert "_streamTokens" in attributes["data-effect"]
     assert "data-streamui-state" not in attributes  # the effect sets it in the browser
     assert attributes["data-streamui-fallback"].startswith("@get(")
 
 
-async def test_without_sharing_connect_opens_datastars_stream_and_no_module(
-    start: Start,
-) -> None:
-    live = await start(share_across_tabs=False)
+async def test_without_sharing_the_module_holds_a_stream_per_tab(start: Start) -> None:
+    live = await start(share_across_tabs=False, reload_when_refused=False)
     page = await live.page("a")
-    assert "<script" not in page.split('id="streamui-connect"', 1)[1]
     attributes = connect_attributes(page)
-    assert attributes["data-effect"].startswith("@get(")
-    assert "data-streamui" not in attributes
+    assert json.loads(attributes["data-streamui"])["share"] is False
+    assert json.loads(attributes["data-streamui"])["reload"] is False
     digest = hashlib.sha256(source()).hexdigest()[:12]
-    assert (await live.client.get(f"{PATH}.{digest}.js")).status_code == 404
+    assert (await live.client.get(f"{PATH}.{digest}.js")).status_code == 200
 
 
-def test_sharing_needs_room_to_merge_tokens() -> None:
-    with pytest.raises(ConfigurationError, match="max_tokens of at least 2"):
-        StreamConfig(secret=SECRET, max_tokens=1)
-    assert StreamConfig(secret=SECRET, max_tokens=1, share_across_tabs=False).max_tokens == 1
+def test_the_module_needs_room_to_merge_tokens() -> None:
+    for share in (True, False):
+        with pytest.raises(ConfigurationError, match="max_tokens must be at least 2"):
+            StreamConfig(secret=SECRET, max_tokens=1, share_across_tabs=share)
+    assert StreamConfig(secret=SECRET, max_tokens=2).max_tokens == 2
+
+
+async def test_tokens_that_do_not_verify_are_named_in_a_header(live: Live) -> None:
+    first, second = await live.stream_url("a"), await live.stream_url("b")
+    good, bad = stream_tokens_of(first)[0], stream_tokens_of(second)[0]
+    other = TokenSigner("another-secret-0123456789abcdef").sign(["b"])
+    forged = bad[:-2] + ("AA" if not bad.endswith("AA") else "BB")
+    url = f"{PATH}?t={good}&t={other}&t={good}&t={forged}"
+    for where in (url, url.replace(PATH, f"{PATH}/merge", 1)):
+        response = await live.refused(where)
+        assert response.status_code == 403
+        assert response.headers[REFUSED_TOKENS_HEADER] == "1,3"
+        assert detail(response).startswith("stream token signature does not match")
+    assert live.broker.watcher_count == 0
 
 
 # -- since --------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ import streamui.tokens
 from streamui import (
     CONNECT_ID,
     DATASTAR_CDN_URL,
+    ERROR_SIGNAL,
     TOKENS_NAMESPACE,
     ConfigurationError,
     Connect,
@@ -122,11 +123,22 @@ def connected(html: str) -> tuple[str, ...] | None:
     (attrs,) = found
     assert "hidden" in attrs
     signals = json.loads(attribute(attrs, "data-signals__ifmissing"))
+    # Every Connect says "no error" from the first render (streamui's module sets why the
+    # stream was refused), so a binding to it never throws.
     if not signals[TOKENS_NAMESPACE]:
-        assert signals == {"_stream": {}, "_streamData": {}, TOKENS_NAMESPACE: {}}
+        assert signals == {
+            "_stream": {},
+            "_streamData": {},
+            TOKENS_NAMESPACE: {},
+            ERROR_SIGNAL: "",
+        }
         return ()
     scopes = token_scopes(signals)
-    assert signals == {**scope_signals(*scopes), TOKENS_NAMESPACE: signals[TOKENS_NAMESPACE]}
+    assert signals == {
+        **scope_signals(*scopes),
+        TOKENS_NAMESPACE: signals[TOKENS_NAMESPACE],
+        ERROR_SIGNAL: "",
+    }
     return scopes
 
 

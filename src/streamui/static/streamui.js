@@ -20,9 +20,13 @@
  * - The stream closes a few seconds after every tab is hidden, and opens again when one
  *   is shown. A tab that joins, or adds scopes, makes the leader open a stream with the
  *   new union before it closes the old one, so no invalidation falls in between.
- * - Where the browser has no Web Locks or BroadcastChannel, and for a tab whose scopes
- *   would take the shared stream over its scope limit, the tab opens its own stream with
- *   Datastar, as it does with sharing turned off.
+ * - Where the browser has no Web Locks or BroadcastChannel, or sharing is turned off,
+ *   the tab holds a stream of its own (it leads a group of one). A tab whose scopes would
+ *   take the shared stream over its scope limit opens its own stream with Datastar.
+ * - A stream the server refuses (4xx) is not retried: the tabs it served get the reason
+ *   in their `_streamError` signal and on the console, and with a 403 (a token that no
+ *   longer verifies after a secret rotation or its expiry, or `authorize` said no) the
+ *   page reloads once, for a fresh token; again only after 30 s, then longer.
  */
 
 const PROTOCOL = 1;
@@ -43,12 +47,18 @@ const SHRINK_MS = 2000;
 const NO_CATCH_UP = "8640000000000000";
 const RETRY_MIN_MS = 1000;
 const RETRY_MAX_MS = 30000;
+/** A refused page reloads at once (within this jitter, so many tabs do not reload in
+ * the same instant); if it is refused again, after RELOAD_BACKOFF_MS, then twice that... */
+const RELOAD_JITTER_MS = 2000;
+const RELOAD_BACKOFF_MS = 30000;
+const RELOAD_MAX_MS = 600000;
 
 /**
- * @typedef {{path: string, mergePath: string, maxTokens: number, maxScopes: number, mergeOver: number}} Config
+ * @typedef {{path: string, mergePath: string, maxTokens: number, maxScopes: number, mergeOver: number, share?: boolean, reload?: boolean}} Config
  * @typedef {{name: string, token: string, at: number, clock: string, scopes: string[]}} Token
  * @typedef {{tokens: Token[], visible: boolean}} TabInfo
- * @typedef {{_stream?: Record<string, unknown>, _streamData?: Record<string, unknown>}} Patch
+ * @typedef {{_stream?: Record<string, unknown>, _streamData?: Record<string, unknown>, _streamError?: string}} Patch
+ * @typedef {{status: number, reason: string, tokens: string[]}} Refusal
  * @typedef {{v: number, from: string, type: string, [field: string]: unknown}} Message
  */
 
@@ -114,6 +124,7 @@ function mergeInto(into, patch) {
     const values = patch[space];
     if (values) into[space] = { ...into[space], ...values };
   }
+  if (patch._streamError !== undefined) into._streamError = patch._streamError;
 }
 
 /**
@@ -185,6 +196,8 @@ class Tab {
   constructor(connect, config) {
     this.connect = connect;
     this.config = config;
+    /** A group of one: sharing is off, or the browser lacks Web Locks or BroadcastChannel. */
+    this.solo = config.share === false || !(navigator.locks && window.BroadcastChannel);
     this.id = newId();
     /** @type {Token[]} */
     this.tokens = [];
@@ -197,6 +210,8 @@ class Tab {
     /** @type {Patch | null} patches of this task, set together */
     this.outgoing = null;
     this.alone = false;
+    /** Whether `_streamError` says something (cleared once a stream serves the tab). */
+    this.failed = false;
     /** Whether it holds its tab lock (and has said hello). */
     this.present = false;
     /** Whether it waits in the leader lock's queue. */
@@ -227,7 +242,7 @@ class Tab {
     this.queued = new AbortController();
     /** @type {(() => void)[]} */
     this.releases = [];
-    this.channel = new BroadcastChannel(`streamui:${config.path}`);
+    this.channel = this.solo ? null : new BroadcastChannel(`streamui:${config.path}`);
     this.timer = 0;
   }
 
@@ -245,15 +260,7 @@ class Tab {
   }
 
   start() {
-    this.channel.onmessage = (message) => this.receive(message.data);
     this.timer = setInterval(() => this.tick(), BEAT_MS);
-    // Held while the tab lives: the leader forgets tabs whose lock is gone. The tab
-    // introduces itself once it holds it, so it is never forgotten for lack of it.
-    this.hold(this.tabLock(this.id), {}, () => {
-      this.present = true;
-      this.announce(true);
-      this.queueForLead();
-    });
     new MutationObserver(() => this.readState()).observe(this.connect, {
       attributeFilter: ["data-streamui-state"],
     });
@@ -262,7 +269,20 @@ class Tab {
       if (this.visible) this.heardAt = performance.now();
       this.announce(false);
     });
-    this.connect.dataset.streamuiRole = "follower";
+    if (this.solo) {
+      this.present = true;
+      this.lead();
+    } else if (this.channel) {
+      this.channel.onmessage = (message) => this.receive(message.data);
+      this.connect.dataset.streamuiRole = "follower";
+      // Held while the tab lives: the leader forgets tabs whose lock is gone. The tab
+      // introduces itself once it holds it, so it is never forgotten for lack of it.
+      this.hold(this.tabLock(this.id), {}, () => {
+        this.present = true;
+        this.announce(true);
+        this.queueForLead();
+      });
+    }
     this.readState();
   }
 
@@ -346,7 +366,7 @@ class Tab {
    * @param {Record<string, unknown>} [fields]
    */
   post(type, fields = {}) {
-    if (!this.closed) this.channel.postMessage({ v: PROTOCOL, from: this.id, type, ...fields });
+    if (!this.closed) this.channel?.postMessage({ v: PROTOCOL, from: this.id, type, ...fields });
   }
 
   /** Tell every tab what this one watches. @param {boolean} ask that they say too */
@@ -408,6 +428,7 @@ class Tab {
         this.pingedAt = null;
         this.synced = /** @type {string | null} */ (message.synced);
         this.joined = new Set(/** @type {string[]} */ (message.joined));
+        if (this.joined.has(this.id)) this.served();
         break;
       }
       case "ping":
@@ -420,6 +441,9 @@ class Tab {
         break;
       case "overflow":
         if (message.tab === this.id) this.streamAlone();
+        break;
+      case "refused":
+        if (message.tab === this.id) this.refused(/** @type {Refusal} */ (message.refusal));
         break;
     }
   }
@@ -482,6 +506,50 @@ class Tab {
     }
   }
 
+  /** A stream serves this tab: it no longer needs a reload, nor shows an error. */
+  served() {
+    try {
+      sessionStorage.removeItem(this.reloadsKey);
+    } catch {
+      // No sessionStorage (e.g. a sandboxed frame): nothing was counted.
+    }
+    if (this.failed) {
+      this.failed = false;
+      this.write({ _streamError: "" });
+    }
+  }
+
+  get reloadsKey() {
+    return `streamui:reloads:${this.config.path}`;
+  }
+
+  /**
+   * The server refused the stream for this tab: say why, and with a 403 (its token no
+   * longer verifies, or it may no longer watch these scopes) reload once for a fresh
+   * page; a page refused again waits longer before each reload.
+   * @param {Refusal} refusal
+   */
+  refused(refusal) {
+    const { status, reason } = refusal;
+    console.error(`streamui: the stream was refused (${status}): ${reason}`);
+    this.failed = true;
+    this.write({ _streamError: reason || `the stream was refused (${status})` });
+    if (status !== 403 || this.config.reload === false) return;
+    let count = 0;
+    try {
+      count = Number(sessionStorage.getItem(this.reloadsKey)) || 0;
+      sessionStorage.setItem(this.reloadsKey, String(count + 1));
+    } catch {
+      // No sessionStorage: every refusal counts as the first, still spread by the jitter.
+    }
+    const delay =
+      count === 0
+        ? Math.random() * RELOAD_JITTER_MS
+        : Math.min(RELOAD_BACKOFF_MS * 2 ** (count - 1), RELOAD_MAX_MS);
+    console.info(`streamui: reloading the page in ${Math.round(delay / 1000)} s`);
+    setTimeout(() => location.reload(), delay);
+  }
+
   /** This tab's scopes do not fit in the shared stream: it opens its own. */
   streamAlone() {
     if (this.alone) return;
@@ -497,7 +565,7 @@ class Tab {
     this.leader?.stop();
     this.queued.abort();
     for (const release of this.releases) release();
-    this.channel.close();
+    this.channel?.close();
   }
 }
 
@@ -525,7 +593,11 @@ class Leader {
     this.retiring = new Set();
     /** @type {Set<string>} tabs whose scopes do not fit in the shared stream */
     this.overflow = new Set();
-    tab.connect.dataset.streamuiRole = "leader";
+    /** @type {Set<string>} tabs whose tokens the server refused (they reload) */
+    this.refusedTabs = new Set();
+    /** @type {string | null} the tokens of a stream the server refused: not tried again */
+    this.stopped = null;
+    tab.connect.dataset.streamuiRole = tab.solo ? "tab" : "leader";
     this.say("lead");
   }
 
@@ -550,6 +622,7 @@ class Leader {
 
   /** Forget tabs that are gone without a word (their tab lock was released). */
   async prune() {
+    if (this.tab.solo) return;
     const state = await navigator.locks.query();
     const held = new Set((state.held || []).map((lock) => lock.name));
     const tab = this.tab;
@@ -577,8 +650,11 @@ class Leader {
     this.hiddenSince = null;
     if (this.opening || now < this.retryAt) return;
     const waiting = [...tab.tabs.entries()].filter(
-      ([id, info]) => info.tokens.length && !tab.joined.has(id) && !this.overflow.has(id),
+      ([id, info]) => info.tokens.length && !tab.joined.has(id) && !this.excluded(id),
     );
+    // A refused stream is not asked for again until the tabs' tokens change.
+    if (this.stopped !== null && this.stopped === this.tokenSet()) return;
+    this.stopped = null;
     if (this.live && waiting.length === 0) {
       // Tabs left: a stream for the ones still here, once the comings and goings of a
       // navigation are over.
@@ -588,6 +664,21 @@ class Leader {
     }
     this.shrinkAt = null;
     void this.open();
+  }
+
+  /** @param {string} id */
+  excluded(id) {
+    return this.overflow.has(id) || this.refusedTabs.has(id);
+  }
+
+  /** The tokens of the tabs a stream would serve, as one string. */
+  tokenSet() {
+    const tab = this.tab;
+    return [...tab.tabs.entries()]
+      .filter(([id]) => !this.excluded(id))
+      .flatMap(([, info]) => info.tokens.map((t) => t.token))
+      .sort()
+      .join(" ");
   }
 
   /** Open a stream for every tab (that fits), then let it replace the live one. */
@@ -609,8 +700,17 @@ class Leader {
     const since = [];
     for (const id of ids) {
       const info = /** @type {TabInfo} */ (tab.tabs.get(id));
-      if (this.overflow.has(id) || !info.tokens.length) continue;
-      const more = new Set(info.tokens.flatMap((t) => t.scopes).filter((s) => !scopes.has(s)));
+      if (this.excluded(id) || !info.tokens.length) continue;
+      const own = new Set(info.tokens.flatMap((t) => t.scopes));
+      if (own.size > maxScopes) {
+        // No stream may watch that many: the server would refuse it (fragments joined
+        // the page until it watched too much). Say so instead of asking.
+        this.overflow.add(id);
+        const reason = `too many scopes: ${own.size}, the limit is ${maxScopes}`;
+        this.refuse(id, { status: 400, reason, tokens: [] });
+        continue;
+      }
+      const more = new Set([...own].filter((s) => !scopes.has(s)));
       if (scopes.size + more.size > maxScopes) {
         // More scopes than one stream may watch: that tab streams on its own.
         this.overflow.add(id);
@@ -640,10 +740,10 @@ class Leader {
     try {
       tokens = await this.compact([...chosen.values()].map((t) => t.token), connection.abort.signal);
     } catch (error) {
-      if (!connection.abort.signal.aborted) {
-        console.error(`streamui: ${error instanceof Error ? error.message : error}`);
-        this.ended(connection, null);
-      }
+      if (connection.abort.signal.aborted) return;
+      if (error instanceof Refused) return this.refused(connection, error.refusal);
+      console.error(`streamui: ${error instanceof Error ? error.message : error}`);
+      this.ended(connection, null);
       return;
     }
     void connection.run(tokens);
@@ -697,8 +797,53 @@ class Leader {
     const tab = this.tab;
     tab.joined = new Set(connection.served);
     if (id !== null) tab.synced = id;
+    if (tab.joined.has(tab.id)) tab.served();
     this.beat();
     this.reconcile(); // tabs that came meanwhile
+  }
+
+  /**
+   * The server refused *connection* (a 4xx): the tabs it would serve are told why and it
+   * is not retried. When tokens were refused, only the tabs holding them are (they
+   * reload), and a stream opens at once for the others.
+   * @param {Connection} connection
+   * @param {Refusal} refusal
+   */
+  refused(connection, refusal) {
+    if (this.opening === connection) this.opening = null;
+    if (this.live === connection) this.live = null;
+    const tab = this.tab;
+    const bad = new Set(refusal.tokens);
+    if (bad.size) {
+      const holders = [...tab.tabs.entries()]
+        .filter(([, info]) => info.tokens.some((t) => bad.has(t.token)))
+        .map(([id]) => id);
+      if (holders.length) {
+        for (const id of holders) this.refuse(id, refusal);
+        this.reconcile();
+        return;
+      }
+      if (this.merged && bad.has(this.merged.token)) {
+        // A merge of the tabs' tokens: merge again from them, which names the culprits.
+        this.merged = null;
+        this.reconcile();
+        return;
+      }
+    }
+    this.stopped = this.tokenSet();
+    for (const id of connection.served) this.refuse(id, refusal);
+  }
+
+  /**
+   * @param {string} id
+   * @param {Refusal} refusal
+   */
+  refuse(id, refusal) {
+    const tab = this.tab;
+    if (refusal.tokens.length) this.refusedTabs.add(id);
+    tab.joined.delete(id); // not served: its beats must not clear the error
+    if (id === tab.id) tab.refused(refusal);
+    else tab.post("refused", { tab: id, refusal });
   }
 
   /**
@@ -752,10 +897,46 @@ class Leader {
 async function merge(config, tokens, signal) {
   const query = tokens.map((token) => `t=${encodeURIComponent(token)}`).join("&");
   const response = await fetch(`${config.mergePath}?${query}`, { cache: "no-store", signal });
+  if (response.status >= 400 && response.status < 500) {
+    throw new Refused(await refusal(response, tokens));
+  }
   if (!response.ok) {
-    throw new Error(`merging stream tokens was refused (${response.status}): ${await response.text()}`);
+    throw new Error(`merging stream tokens failed (${response.status}): ${await response.text()}`);
   }
   return (await response.json()).token;
+}
+
+/** A 4xx answer: the request is not to be retried as it is. */
+class Refused extends Error {
+  /** @param {Refusal} refusal */
+  constructor(refusal) {
+    super(`refused (${refusal.status}): ${refusal.reason}`);
+    this.refusal = refusal;
+  }
+}
+
+/**
+ * What a 4xx *response* to a request with *tokens* says: its status, its reason (the
+ * body) and which of the tokens no longer verify (the `streamui-refused-tokens` header
+ * lists their indexes).
+ * @param {Response} response
+ * @param {string[]} tokens
+ * @returns {Promise<Refusal>}
+ */
+async function refusal(response, tokens) {
+  const text = await response.text();
+  let reason = text;
+  try {
+    // Litestar's error body: {"status_code": ..., "detail": "<the reason>"}.
+    const detail = JSON.parse(text).detail;
+    if (typeof detail === "string") reason = detail;
+  } catch {
+    // Not JSON: the body is the reason.
+  }
+  reason = reason.slice(0, 300);
+  const indexes = (response.headers.get("streamui-refused-tokens") || "").split(",");
+  const refused = indexes.flatMap((index) => (/^\d+$/.test(index) && tokens[+index]) || []);
+  return { status: response.status, reason, tokens: refused };
 }
 
 /**
@@ -785,15 +966,21 @@ class Connection {
     if (this.since !== null) query.push(`since=${encodeURIComponent(this.since)}`);
     /** @type {number | null} */
     let retry = null;
+    /** @type {Refusal | null} */
+    let refused = null;
     try {
       const response = await fetch(`${path}?${query.join("&")}`, {
         headers: { Accept: "text/event-stream" },
         cache: "no-store",
         signal: this.abort.signal,
       });
+      if (response.status >= 400 && response.status < 500) {
+        refused = await refusal(response, tokens);
+        return;
+      }
       if (!response.ok || !response.body) {
         const reason = (await response.text()).slice(0, 300);
-        console.error(`streamui: the stream was refused (${response.status}): ${reason}`);
+        console.error(`streamui: the stream failed (${response.status}): ${reason}`);
         return;
       }
       let first = true;
@@ -808,7 +995,10 @@ class Connection {
     } catch {
       // A network error or an abort: handled below.
     } finally {
-      if (!this.abort.signal.aborted) this.leader.ended(this, retry);
+      if (this.abort.signal.aborted) {
+        // Closed on purpose: nothing to do.
+      } else if (refused) this.leader.refused(this, refused);
+      else this.leader.ended(this, retry);
     }
   }
 }
@@ -832,10 +1022,6 @@ function ownStream(connect) {
 function main() {
   const connect = document.getElementById("streamui-connect");
   if (!connect || connect.dataset.streamuiRole) return;
-  if (!(navigator.locks && window.BroadcastChannel)) {
-    ownStream(connect);
-    return;
-  }
   const tab = new Tab(connect, JSON.parse(connect.dataset.streamui || "{}"));
   tab.start();
   addEventListener("pagehide", () => tab.close(), { once: true });
