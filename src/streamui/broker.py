@@ -153,6 +153,7 @@ class Watcher:
         "__weakref__",
         "_broker",
         "_data",
+        "_extra",
         "_heartbeat_due",
         "_pending",
         "_revision",
@@ -172,6 +173,7 @@ class Watcher:
         self._data: dict[str, tuple[int, bytes]] = {}
         self._revision = 0
         self._heartbeat_due = False
+        self._extra: list[bytes] | None = None
         self._waiter: asyncio.Future[None] | None = None
         self.closed = False
         self.reconnect_after: int | None = None
@@ -210,6 +212,13 @@ class Watcher:
         self._heartbeat_due = True
         self._wake()
 
+    def push(self, frame: bytes) -> None:
+        """Write *frame* (a whole SSE event, e.g. renewed tokens) with the next write."""
+        if self._extra is None:
+            self._extra = []
+        self._extra.append(frame)
+        self._wake()
+
     def close(self, *, reconnect_after: int | None = None) -> None:
         """End the stream: its writer wakes, sees `closed` and returns.
 
@@ -224,7 +233,7 @@ class Watcher:
     @property
     def ready(self) -> bool:
         """True when `wait` would return at once (something to write, or closed)."""
-        return bool(self._pending) or self._heartbeat_due or self.closed
+        return bool(self._pending) or self._heartbeat_due or self.closed or bool(self._extra)
 
     async def wait(self) -> None:
         """Return when there is something to `take`, or the stream is closed."""
@@ -237,10 +246,13 @@ class Watcher:
         return self._revision
 
     def take(self) -> bytes:
-        """The bytes to write now (a patch-signals event and/or a heartbeat), and reset."""
+        """The bytes to write now (pushed frames, a patch-signals event, a heartbeat),
+        and reset."""
         frame = b""
+        if self._extra:
+            frame, self._extra = b"".join(self._extra), None
         if self._pending:
-            frame = self._broker._frame(tuple(sorted(self._pending)), self._revision, self._data)
+            frame += self._broker._frame(tuple(sorted(self._pending)), self._revision, self._data)
             self._pending.clear()
             if self._data:
                 self._data = {}

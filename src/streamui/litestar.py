@@ -18,15 +18,18 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import json
 import logging
 import os
 import re
+import time
 import weakref
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
+from datastar_py import ServerSentEventGenerator
 from litestar import Controller, Request, Response, get
 from litestar.di import Provide
 from litestar.exceptions import ClientException, NotFoundException, PermissionDeniedException
@@ -34,7 +37,13 @@ from litestar.plugins import InitPlugin
 
 from streamui import client
 from streamui.broker import POINT, Broker, Upstream
-from streamui.components import StreamEndpoint, merge_tokens, use_endpoint
+from streamui.components import (
+    TOKENS_NAMESPACE,
+    StreamEndpoint,
+    _token_name,
+    merge_tokens,
+    use_endpoint,
+)
 from streamui.errors import ConfigurationError, InvalidTokenError
 from streamui.scopes import DEFAULT_PREFIX
 from streamui.shutdown import on_server_shutdown
@@ -104,6 +113,13 @@ class StreamConfig:
     heartbeat: float = 15.0
     max_lifetime: float | None = None
     token_max_age: float | None = None
+    """Refuse tokens whose page was rendered longer ago than this, renewed or not."""
+    token_lifetime: float | None = 3600.0
+    """Seconds a stream token verifies after it was signed: a stream URL copied from a
+    log grants nothing after that. Open streams hand their tabs renewed tokens (running
+    ``authorize`` again) halfway through, so open tabs never notice; a tab that was
+    closed or offline longer reloads once (see ``reload_when_refused``). None: tokens
+    never expire."""
     authorize: Authorize | None = None
     dependency_key: str = "broker"
     end_streams_on_signal: bool = True
@@ -139,6 +155,10 @@ class StreamConfig:
             )
         if self.heartbeat <= 0:
             raise ConfigurationError(f"heartbeat must be positive seconds, got {self.heartbeat!r}")
+        if self.token_lifetime is not None and not self.token_lifetime > 0:
+            raise ConfigurationError(
+                f"token_lifetime must be positive seconds, got {self.token_lifetime!r}"
+            )
         if self.max_lifetime is not None and self.max_lifetime <= 0:
             raise ConfigurationError(f"max_lifetime must be positive, got {self.max_lifetime!r}")
         if self.reconnect_spread < 0:
@@ -174,12 +194,8 @@ class StreamController(Controller):
             raise NotFoundException(f"the stream is served at {config.path!r} only")
         since = _since(request)
         verified, watched = _verified(state, request)
-        if config.authorize is not None:
-            allowed = config.authorize(request, watched)
-            if inspect.isawaitable(allowed):
-                allowed = await allowed
-            if not allowed:
-                raise PermissionDeniedException("not authorized to watch these scopes")
+        if not await _authorized(config, request, watched):
+            raise PermissionDeniedException("not authorized to watch these scopes")
 
         # The newest token bounds the catch-up: older tokens' scopes were served by the
         # stream this one replaces until the browser aborted it, after the newest render.
@@ -213,6 +229,7 @@ class StreamController(Controller):
             heartbeat=config.heartbeat,
             max_lifetime=config.max_lifetime,
             greeting=merge,
+            **_renewal(state, request, verified, watched),
         )
 
     @get("/merge", name="streamui:merge", cache=False)
@@ -224,6 +241,46 @@ class StreamController(Controller):
             watched, issued_at=min(token.issued_at for token in verified)
         )
         return Response({"token": token}, headers={"cache-control": "no-store"})
+
+
+async def _authorized(
+    config: StreamConfig, request: Request[Any, Any, Any], scopes: tuple[str, ...]
+) -> bool:
+    if config.authorize is None:
+        return True
+    allowed = config.authorize(request, scopes)
+    if inspect.isawaitable(allowed):
+        allowed = await allowed
+    return bool(allowed)
+
+
+def _renewal(
+    state: _State,
+    request: Request[Any, Any, Any],
+    verified: Sequence[StreamToken],
+    watched: tuple[str, ...],
+) -> dict[str, Any]:
+    """The stream's token renewal: halfway to the first expiry, then every half lifetime,
+    ``authorize`` runs again and the tab gets its tokens signed again (same scopes and
+    render time) as a ``_streamTokens`` patch, under the names its tokens have."""
+    signer = state.endpoint.signer
+    lifetime = signer.lifetime
+    if lifetime is None:
+        return {}
+    soonest = min(signer.expiry(token) or 0.0 for token in verified)
+
+    async def renew() -> bytes | None:
+        if not await _authorized(state.config, request, watched):
+            return None
+        tokens = {_token_name(token.scopes): signer.renew(token) for token in verified}
+        signals = json.dumps({TOKENS_NAMESPACE: tokens}, separators=(",", ":"))
+        return ServerSentEventGenerator.patch_signals(signals).encode()
+
+    return {
+        "renew": renew,
+        "renew_after": max(0.0, soonest - time.time()) / 2,
+        "renew_every": lifetime / 2,
+    }
 
 
 def _since(request: Request[Any, Any, Any]) -> str | None:
@@ -378,7 +435,9 @@ class StreamPlugin(InitPlugin):
             )
         self.endpoint = StreamEndpoint(
             config.path,
-            TokenSigner(config.secret, max_age=config.token_max_age),
+            TokenSigner(
+                config.secret, max_age=config.token_max_age, lifetime=config.token_lifetime
+            ),
             client_url=client.url_for(config.path),
             share_across_tabs=config.share_across_tabs,
             reload_when_refused=config.reload_when_refused,

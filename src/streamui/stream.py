@@ -15,6 +15,9 @@ verified the request). What it guarantees:
 - Each write carries every change coalesced since the previous write, as one
   ``datastar-patch-signals`` event with an ``id:``.
 - A comment line is written every *heartbeat* seconds so proxies keep idle streams open.
+- With *renew*, the stream calls it *renew_after* seconds after it opened, then every
+  *renew_every*: what it returns (an event: the tab's renewed tokens) is written; None
+  (not authorized any more) or an error ends the stream.
 - When the server ends the stream (shutdown, *max_lifetime*, broker closed), the body
   is completed cleanly, so the browser reconnects; on shutdown the last frame carries
   a ``retry:`` delay chosen by the broker, so many tabs do not reconnect at once.
@@ -39,7 +42,7 @@ from typing import TYPE_CHECKING, Final
 from datastar_py.sse import SSE_HEADERS
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Awaitable, Callable, Sequence
 
     from litestar.types import Receive, Scope, Send
 
@@ -75,6 +78,9 @@ class EventStream:
         "_heartbeat",
         "_max_lifetime",
         "_rendered_at",
+        "_renew",
+        "_renew_after",
+        "_renew_every",
         "_resume",
         "_same_clock",
         "_scopes",
@@ -92,6 +98,9 @@ class EventStream:
         heartbeat: float = 15.0,
         max_lifetime: float | None = None,
         greeting: Callable[[str], bytes] | None = None,
+        renew: Callable[[], Awaitable[bytes | None]] | None = None,
+        renew_after: float = 0.0,
+        renew_every: float = 0.0,
     ) -> None:
         self._broker = broker
         self._scopes = tuple(scopes)
@@ -102,6 +111,9 @@ class EventStream:
         self._heartbeat = heartbeat
         self._max_lifetime = max_lifetime
         self._greeting = greeting
+        self._renew = renew
+        self._renew_after = renew_after
+        self._renew_every = renew_every
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         watch = self._broker.watch(
@@ -142,9 +154,7 @@ class EventStream:
         listener = loop.create_task(_until_disconnect(receive, watcher))
         timers: list[asyncio.TimerHandle] = []
 
-        def heartbeat() -> None:
-            watcher.heartbeat()
-            timers[0] = loop.call_later(self._heartbeat, heartbeat)
+        renewing: set[asyncio.Task[None]] = set()
 
         try:
             await _write(
@@ -155,9 +165,7 @@ class EventStream:
             if self._greeting is not None:
                 opening += self._greeting(opening_id)
             await _write(listener, send, _body(opening, more=True))
-            timers.append(loop.call_later(self._heartbeat, heartbeat))
-            if self._max_lifetime is not None:
-                timers.append(loop.call_later(self._max_lifetime, watcher.close))
+            self._start_timers(loop, watcher, timers, renewing)
             while True:
                 await watcher.wait()
                 if watcher.closed:
@@ -185,8 +193,48 @@ class EventStream:
         finally:
             for timer in timers:
                 timer.cancel()
+            for task in renewing:
+                task.cancel()
             listener.cancel()
             watcher.close()
+
+    def _start_timers(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        watcher: Watcher,
+        timers: list[asyncio.TimerHandle],
+        renewing: set[asyncio.Task[None]],
+    ) -> None:
+        """Heartbeats, the maximum lifetime and token renewals, as timers in *timers*
+        (the first is the heartbeat's). An idle stream holds timers, no task."""
+
+        def heartbeat() -> None:
+            watcher.heartbeat()
+            timers[0] = loop.call_later(self._heartbeat, heartbeat)
+
+        def renew_soon() -> None:
+            task = loop.create_task(self._renew_now(watcher))
+            renewing.add(task)
+            task.add_done_callback(renewing.discard)
+            timers[-1] = loop.call_later(self._renew_every, renew_soon)
+
+        timers.append(loop.call_later(self._heartbeat, heartbeat))
+        if self._max_lifetime is not None:
+            timers.append(loop.call_later(self._max_lifetime, watcher.close))
+        if self._renew is not None:  # last, so that renew_soon replaces its own timer
+            timers.append(loop.call_later(self._renew_after, renew_soon))
+
+    async def _renew_now(self, watcher: Watcher) -> None:
+        assert self._renew is not None
+        try:
+            frame = await self._renew()
+        except Exception as error:
+            logger.warning("renewing a stream's tokens failed, ending it: %r", error)
+            frame = None
+        if frame is None:
+            watcher.close()  # the browser reconnects, and is told why it may not
+        else:
+            watcher.push(frame)
 
 
 def _body(frame: bytes, *, more: bool) -> dict[str, object]:

@@ -1,7 +1,8 @@
 """Stream tokens: the signed list of scopes a tab may watch, and when it was rendered.
 
 A token is ``<payload>.<mac>``, both URL-safe base64 without padding. The payload is
-compact JSON ``{"s": [scopes…], "t": <unix time, ms>, "i": <instance>}``; the MAC is
+compact JSON ``{"s": [scopes…], "t": <unix time, ms>, "i": <instance>, "e": <unix time,
+ms>}``; the MAC is
 HMAC-SHA256 over the payload with the application's secret. A client cannot add a scope,
 widen a wildcard or watch another tenant's scope by editing the URL: any change breaks
 the MAC.
@@ -12,9 +13,14 @@ stream endpoint reads it only to tell when several processes serve an app whose 
 or secret is per process, which would otherwise fail silently. Tokens without it (signed
 before it existed) verify as before, with ``instance=None``.
 
-Tokens do not expire by default, because a tab's stream URL never changes and must keep
-reconnecting for as long as the tab is open; use the stream's authorization hook (run on
-every connect) for per-user checks, and ``max_age`` where tokens must expire.
+``"t"`` is when the page was rendered (the stream catches up from it); ``"e"``, with a
+*lifetime*, is when the token expires. A stream URL copied from an access log then
+grants nothing after that; open tabs never notice, because their stream hands them a
+renewed token (`TokenSigner.renew`: same scopes and render time, a new expiry) well
+before. A token without ``"e"`` (signed before lifetimes existed) expires *lifetime*
+after its render. ``max_age`` refuses tokens whose *render* is older than that, renewed
+or not. Use the stream's authorization hook (run on every connect and every renewal)
+for per-user checks.
 
 Every process that serves streams for the same pages must share the secret.
 """
@@ -74,6 +80,9 @@ class StreamToken:
     instance: str | None = field(default=None, compare=False)
     """The process that signed it (`process_instance` there); None in older tokens.
     Not part of what the token grants, so not part of its equality."""
+    expires_at: float | None = field(default=None, compare=False)
+    """Unix time (seconds) after which it no longer verifies; None: never (or, for a
+    signer with a lifetime, its render time plus that lifetime)."""
 
 
 def _b64encode(raw: bytes) -> str:
@@ -92,13 +101,14 @@ class TokenSigner:
     (read when signing, so a signer built before a fork stamps the child's id).
     """
 
-    __slots__ = ("_instance", "_key", "max_age")
+    __slots__ = ("_instance", "_key", "lifetime", "max_age")
 
     def __init__(
         self,
         secret: str | bytes | None = None,
         *,
         max_age: float | None = None,
+        lifetime: float | None = None,
         instance: str | None = None,
     ):
         if secret is None:
@@ -112,6 +122,8 @@ class TokenSigner:
             )
         if max_age is not None and max_age <= 0:
             raise ConfigurationError(f"max_age must be positive seconds, got {max_age!r}")
+        if lifetime is not None and not lifetime > 0:
+            raise ConfigurationError(f"lifetime must be positive seconds, got {lifetime!r}")
         if instance is not None and not _INSTANCE.fullmatch(instance):
             raise ConfigurationError(
                 "instance must be 1 to 32 characters of A-Z a-z 0-9 _ - "
@@ -120,6 +132,8 @@ class TokenSigner:
         self._instance = instance
         self._key = hashlib.sha256(b"streamui-token\x00" + secret).digest()
         self.max_age = max_age
+        self.lifetime = lifetime
+        """Seconds a token verifies after it was signed (renewed); None: forever."""
 
     @property
     def instance(self) -> str:
@@ -130,12 +144,16 @@ class TokenSigner:
         return hmac.new(self._key, payload, hashlib.sha256).digest()
 
     def sign(self, scopes: Sequence[str], *, issued_at: float | None = None) -> str:
-        """A token for *scopes* (validated), rendered at *issued_at* (default: now)."""
+        """A token for *scopes* (validated), rendered at *issued_at* (default: now),
+        expiring *lifetime* from now."""
         checked = [validate_scope(value) for value in scopes]
         if not checked:
             raise InvalidScopeError(f"a stream token needs at least one scope, got {scopes!r}")
-        when = time.time() if issued_at is None else issued_at
-        body = {"s": checked, "t": int(when * 1000), "i": self.instance}
+        now = time.time()
+        when = now if issued_at is None else issued_at
+        body: dict[str, object] = {"s": checked, "t": int(when * 1000), "i": self.instance}
+        if self.lifetime is not None:
+            body["e"] = int((now + self.lifetime) * 1000)
         payload = json.dumps(body, separators=(",", ":"))
         raw = payload.encode()
         return f"{_b64encode(raw)}.{_b64encode(self._mac(raw))}"
@@ -162,11 +180,30 @@ class TokenSigner:
                 "stream token signature does not match (tampered, or signed with another secret)"
             )
         claims = _parse_payload(raw)
-        if self.max_age is not None and time.time() - claims.issued_at > self.max_age:
+        now = time.time()
+        if self.max_age is not None and now - claims.issued_at > self.max_age:
             raise InvalidTokenError(
                 f"stream token expired (older than {self.max_age:g} s); reload the page"
             )
+        expires_at = self.expiry(claims)
+        if expires_at is not None and now > expires_at:
+            raise InvalidTokenError(
+                f"stream token expired {now - expires_at:.0f} s ago (it lives "
+                f"{self.lifetime:g} s unless its stream renews it); reload the page"
+            )
         return claims
+
+    def expiry(self, token: StreamToken) -> float | None:
+        """When *token* (verified) stops verifying here, if ever."""
+        if self.lifetime is None:
+            return None
+        if token.expires_at is not None:
+            return token.expires_at
+        return token.issued_at + self.lifetime
+
+    def renew(self, token: StreamToken) -> str:
+        """*token* signed again: the same scopes and render time, a new expiry."""
+        return self.sign(token.scopes, issued_at=token.issued_at)
 
 
 def unverified_claims(token: str) -> StreamToken | None:
@@ -193,6 +230,7 @@ def _parse_payload(raw: bytes) -> StreamToken:
     if not isinstance(body, dict):
         raise InvalidTokenError("malformed stream token payload: not an object")
     scopes, issued, instance = body.get("s"), body.get("t"), body.get("i")
+    expires = body.get("e")
     if not isinstance(scopes, list) or not all(isinstance(value, str) for value in scopes):
         raise InvalidTokenError("malformed stream token payload: 's' is not a list of scopes")
     if not scopes:
@@ -201,8 +239,14 @@ def _parse_payload(raw: bytes) -> StreamToken:
         raise InvalidTokenError("malformed stream token payload: 't' is not a time in ms")
     if instance is not None and not (isinstance(instance, str) and _INSTANCE.fullmatch(instance)):
         raise InvalidTokenError("malformed stream token payload: 'i' is not an instance id")
+    if expires is not None and (
+        isinstance(expires, bool) or not isinstance(expires, int) or not 0 <= expires < 2**53
+    ):
+        raise InvalidTokenError("malformed stream token payload: 'e' is not a time in ms")
     try:
         checked = tuple(validate_scope(value) for value in scopes)
     except ValueError as error:
         raise InvalidTokenError(f"malformed stream token payload: {error}") from None
-    return StreamToken(checked, issued / 1000, instance)
+    return StreamToken(
+        checked, issued / 1000, instance, None if expires is None else expires / 1000
+    )

@@ -215,3 +215,52 @@ async def test_a_tab_over_the_scope_limit_says_so_and_makes_no_request(
     after = site.stream_requests[before:]
     assert after == [], after  # the module knows the limit: it does not ask
     assert state.pages == Counter({0: 1})
+
+
+# -- short-lived tokens ------------------------------------------------------------------------
+
+LIFETIME: Final = 1.0
+"""Seconds a token lives in these tests (renewed every half second)."""
+
+
+@pytest.mark.parametrize("share", [True, False], ids=["shared", "per-tab"])
+async def test_tabs_open_across_several_token_lifetimes_keep_updating(
+    site: Site, share: bool
+) -> None:
+    # Long enough that a renewed token outlives a reconnect's delay (1 s); in real use a
+    # lifetime is an hour, and reconnects take seconds.
+    lifetime = 4 * LIFETIME
+    state = await site.serve(token_lifetime=lifetime, share=share)
+    pages = await site.tabs(2)
+    streams = 1 if share else 2
+    await site.until("the tabs stream", site.streaming(streams))
+    await asyncio.sleep(2 * lifetime)  # the tokens the pages were rendered with expired
+    await state.bump("board")
+    for page in pages:
+        await shows_board(page, 1)
+    # A reconnect now uses the renewed tokens: accepted, no reload.
+    state.broker.end_streams()
+    await site.until("the tabs stream again", site.streaming(streams))
+    await state.bump("board")
+    for page in pages:
+        await shows_board(page, 2)
+        await expect(page.locator("#error")).to_have_text("")
+    assert state.pages == Counter({0: 1, 1: 1})
+
+
+async def test_a_tab_away_longer_than_the_token_lifetime_reloads_once(site: Site) -> None:
+    state = await site.serve(token_lifetime=LIFETIME)
+    (page,) = await site.tabs(1)
+    await site.until("the tab streams", site.streaming(1))
+    assert site.running is not None
+    port = site.running.port
+    with site.console.tolerating(*REFUSALS, "ERR_CONNECTION_REFUSED", "ERR_INCOMPLETE_CHUNKED"):
+        await site.running.stop()  # the server is away, and the tab's token expires
+        await asyncio.sleep(3 * LIFETIME)
+        state.versions["board"] += 1
+        state = await site.serve(port=port, token_lifetime=LIFETIME)
+        await shows_board(page, 1)  # after its reload
+        await site.until("the reloaded tab streams", site.streaming(1))
+    assert state.pages == Counter({0: 1})  # the reload, on the new server
+    await state.bump("board")
+    await shows_board(page, 2)

@@ -205,6 +205,10 @@ def test_only_the_exact_signed_spelling_is_accepted(signer: TokenSigner) -> None
         (b'{"s": ["a"], "t": true}', "malformed stream token payload"),
         (b'{"s": "abc", "t": 1}', "malformed stream token payload"),
         (b'{"s": [], "t": 1}', "malformed stream token payload: it names no scope"),
+        (b'{"s": ["a"], "t": 1, "e": "soon"}', "'e' is not a time in ms"),
+        (b'{"s": ["a"], "t": 1, "e": -5}', "'e' is not a time in ms"),
+        (b'{"s": ["a"], "t": 1, "e": 1.5}', "'e' is not a time in ms"),
+        (b'{"s": ["a"], "t": 1, "e": false}', "'e' is not a time in ms"),
         (b"[" * 5_000, "malformed stream token payload"),
     ],
 )
@@ -257,6 +261,48 @@ def test_max_age_refuses_an_old_token() -> None:
     with pytest.raises(InvalidTokenError, match=r"stream token expired \(older than 60 s\)"):
         signer.verify(signer.sign(["a:1"], issued_at=time.time() - 120))
     assert signer.verify(signer.sign(["a:1"], issued_at=time.time() - 30)).scopes == ("a:1",)
+
+
+def test_a_token_with_a_lifetime_expires_and_a_renewal_extends_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    now = [1_800_000_000.0]
+    monkeypatch.setattr(time, "time", lambda: now[0])
+    signer = TokenSigner(SECRET, lifetime=60)
+    rendered = now[0] - 5
+    token = signer.sign(["a:1", "b:*"], issued_at=rendered)
+    claims = signer.verify(token)
+    assert claims.expires_at == pytest.approx(now[0] + 60)
+    now[0] += 59
+    renewed = signer.renew(signer.verify(token))
+    now[0] += 2  # 61 s after the first signing: the first token is expired
+    with pytest.raises(InvalidTokenError, match=r"stream token expired 1 s ago \(it lives 60 s"):
+        signer.verify(token)
+    # The renewal keeps what the token grants and when the page was rendered.
+    again = signer.verify(renewed)
+    assert again == claims
+    assert again.issued_at == pytest.approx(rendered)
+    assert again.expires_at == pytest.approx(now[0] - 2 + 60)
+    now[0] += 59
+    with pytest.raises(InvalidTokenError, match="stream token expired"):
+        signer.verify(renewed)
+
+
+def test_a_token_without_an_expiry_expires_a_lifetime_after_its_render(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Signed before lifetimes existed (or by a signer without one).
+    old = TokenSigner(SECRET).sign(["a:1"], issued_at=time.time() - 120)
+    assert TokenSigner(SECRET).verify(old).expires_at is None
+    with pytest.raises(InvalidTokenError, match="stream token expired"):
+        TokenSigner(SECRET, lifetime=60).verify(old)
+    assert TokenSigner(SECRET, lifetime=600).verify(old).scopes == ("a:1",)
+
+
+@pytest.mark.parametrize("lifetime", [0, -1.0, float("nan")])
+def test_a_lifetime_must_be_positive(lifetime: float) -> None:
+    with pytest.raises(ConfigurationError, match="lifetime must be positive seconds"):
+        TokenSigner(SECRET, lifetime=lifetime)
 
 
 @pytest.mark.parametrize("max_age", [0, -1.0])

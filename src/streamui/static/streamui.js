@@ -57,7 +57,7 @@ const RELOAD_MAX_MS = 600000;
  * @typedef {{path: string, mergePath: string, maxTokens: number, maxScopes: number, mergeOver: number, share?: boolean, reload?: boolean}} Config
  * @typedef {{name: string, token: string, at: number, clock: string, scopes: string[]}} Token
  * @typedef {{tokens: Token[], visible: boolean}} TabInfo
- * @typedef {{_stream?: Record<string, unknown>, _streamData?: Record<string, unknown>, _streamError?: string}} Patch
+ * @typedef {{_stream?: Record<string, unknown>, _streamData?: Record<string, unknown>, _streamError?: string, _streamTokens?: Record<string, string>}} Patch
  * @typedef {{status: number, reason: string, tokens: string[]}} Refusal
  * @typedef {{v: number, from: string, type: string, [field: string]: unknown}} Message
  */
@@ -125,6 +125,7 @@ function mergeInto(into, patch) {
     if (values) into[space] = { ...into[space], ...values };
   }
   if (patch._streamError !== undefined) into._streamError = patch._streamError;
+  if (patch._streamTokens) into._streamTokens = { ...into._streamTokens, ...patch._streamTokens };
 }
 
 /**
@@ -212,6 +213,8 @@ class Tab {
     this.alone = false;
     /** Whether `_streamError` says something (cleared once a stream serves the tab). */
     this.failed = false;
+    /** Whether a reload is on its way. */
+    this.reloading = false;
     /** Whether it holds its tab lock (and has said hello). */
     this.present = false;
     /** Whether it waits in the leader lock's queue. */
@@ -445,6 +448,9 @@ class Tab {
       case "refused":
         if (message.tab === this.id) this.refused(/** @type {Refusal} */ (message.refusal));
         break;
+      case "renew":
+        if (from === this.leaderId) this.renew(/** @type {Record<string, string>} */ (message.tokens));
+        break;
     }
   }
 
@@ -506,12 +512,28 @@ class Tab {
     }
   }
 
+  /**
+   * The stream renewed tokens (same scopes, a later expiry), by name: this tab takes
+   * those it has into its signals, where its next stream URL will read them.
+   * @param {Record<string, string>} tokens
+   */
+  renew(tokens) {
+    /** @type {Record<string, string>} */
+    const mine = {};
+    for (const t of this.tokens) {
+      if (typeof tokens[t.name] === "string") mine[t.name] = tokens[t.name];
+    }
+    if (Object.keys(mine).length) this.write({ _streamTokens: mine });
+  }
+
   /** A stream serves this tab: it no longer needs a reload, nor shows an error. */
   served() {
-    try {
-      sessionStorage.removeItem(this.reloadsKey);
-    } catch {
-      // No sessionStorage (e.g. a sandboxed frame): nothing was counted.
+    if (!this.reloading) {
+      try {
+        sessionStorage.removeItem(this.reloadsKey);
+      } catch {
+        // No sessionStorage (e.g. a sandboxed frame): nothing was counted.
+      }
     }
     if (this.failed) {
       this.failed = false;
@@ -534,7 +556,8 @@ class Tab {
     console.error(`streamui: the stream was refused (${status}): ${reason}`);
     this.failed = true;
     this.write({ _streamError: reason || `the stream was refused (${status})` });
-    if (status !== 403 || this.config.reload === false) return;
+    if (status !== 403 || this.config.reload === false || this.reloading) return;
+    this.reloading = true;
     let count = 0;
     try {
       count = Number(sessionStorage.getItem(this.reloadsKey)) || 0;
@@ -870,10 +893,22 @@ class Leader {
     if (connection !== this.live && !this.retiring.has(connection)) return;
     if (!data.startsWith("signals ")) return;
     const tab = this.tab;
-    /** @type {Patch & {_streamTokens?: unknown}} */
+    /** @type {Patch} */
     const signals = JSON.parse(data.slice("signals ".length));
-    // A merge of the stream's tokens: the leader builds its own URLs, tabs keep theirs.
+    const renewed = signals._streamTokens;
     delete signals._streamTokens;
+    if (renewed) {
+      // Tokens signed again before they expire: every tab takes its own (the leader's
+      // next stream URL is built from the tabs' tokens, merged again if need be).
+      /** @type {Record<string, string>} */
+      const tokens = {};
+      for (const [name, token] of Object.entries(renewed)) {
+        if (typeof token === "string") tokens[name] = token;
+      }
+      this.merged = null;
+      tab.post("renew", { tokens });
+      tab.renew(tokens);
+    }
     if (connection === this.live && id !== null) tab.synced = later(tab.synced, id);
     if (!signals._stream && !signals._streamData) return;
     tab.post("patch", { patch: signals, synced: tab.synced });
