@@ -268,9 +268,12 @@ def _renewal(
     if lifetime is None:
         return {}
     soonest = min(signer.expiry(token) or 0.0 for token in verified)
+    # The ASGI scope lives as long as the stream anyway; the Request made of it again at
+    # a renewal (rarely) is not kept alive for hours by every stream.
+    scope = request.scope
 
     async def renew() -> bytes | None:
-        if not await _authorized(state.config, request, watched):
+        if not await _authorized(state.config, Request(scope), watched):
             return None
         tokens = {_token_name(token.scopes): signer.renew(token) for token in verified}
         signals = json.dumps({TOKENS_NAMESPACE: tokens}, separators=(",", ":"))

@@ -205,24 +205,28 @@ class EventStream:
         timers: list[asyncio.TimerHandle],
         renewing: set[asyncio.Task[None]],
     ) -> None:
-        """Heartbeats, the maximum lifetime and token renewals, as timers in *timers*
-        (the first is the heartbeat's). An idle stream holds timers, no task."""
+        """Heartbeats and token renewals share one timer (the first in *timers*), and the
+        maximum lifetime has one: an idle stream holds at most two timers and no task."""
+        now = loop.time()
+        due = {"heartbeat": now + self._heartbeat}
+        if self._renew is not None:
+            due["renew"] = now + self._renew_after
 
-        def heartbeat() -> None:
-            watcher.heartbeat()
-            timers[0] = loop.call_later(self._heartbeat, heartbeat)
+        def tick() -> None:
+            now = loop.time()
+            if now >= due["heartbeat"]:
+                watcher.heartbeat()
+                due["heartbeat"] = now + self._heartbeat
+            if "renew" in due and now >= due["renew"]:
+                task = loop.create_task(self._renew_now(watcher))
+                renewing.add(task)
+                task.add_done_callback(renewing.discard)
+                due["renew"] = now + self._renew_every
+            timers[0] = loop.call_at(min(due.values()), tick)
 
-        def renew_soon() -> None:
-            task = loop.create_task(self._renew_now(watcher))
-            renewing.add(task)
-            task.add_done_callback(renewing.discard)
-            timers[-1] = loop.call_later(self._renew_every, renew_soon)
-
-        timers.append(loop.call_later(self._heartbeat, heartbeat))
+        timers.append(loop.call_at(min(due.values()), tick))
         if self._max_lifetime is not None:
             timers.append(loop.call_later(self._max_lifetime, watcher.close))
-        if self._renew is not None:  # last, so that renew_soon replaces its own timer
-            timers.append(loop.call_later(self._renew_after, renew_soon))
 
     async def _renew_now(self, watcher: Watcher) -> None:
         assert self._renew is not None
