@@ -646,22 +646,23 @@ class Broker:
 
     def _receive(self, subject: str, payload: bytes) -> None:
         """upstream="all": every invalidation of the prefix."""
-        if payload:
-            payload = self._checked(subject, payload)
-        concrete = subject[len(self.prefix) + 1 :].replace(".", ":")
-        revision = self.next_revision()
-        self._remember(concrete, revision)
+        concrete, revision, payload = self._seen(subject, payload)
         for entry in self._trie.match(subject):
             cast("_Pattern", entry).deliver(concrete, revision, payload)
 
     def _deliver(self, entry: _Pattern, subject: str, payload: bytes) -> None:
         """upstream="watched": an invalidation matching *entry*'s own subscription."""
+        entry.deliver(*self._seen(subject, payload))
+
+    def _seen(self, subject: str, payload: bytes) -> tuple[str, int, bytes]:
+        """An invalidation received: its scope, the revision it gets here (indexed), and
+        its payload as it may reach a stream."""
         if payload:
             payload = self._checked(subject, payload)
         concrete = subject[len(self.prefix) + 1 :].replace(".", ":")
         revision = self.next_revision()
         self._remember(concrete, revision)
-        entry.deliver(concrete, revision, payload)
+        return concrete, revision, payload
 
     def _checked(self, subject: str, payload: bytes) -> bytes:
         """*payload* re-encoded, or b"" if it is not JSON or over the limit.

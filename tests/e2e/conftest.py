@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import socket
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, Protocol
@@ -39,7 +40,7 @@ from streamui import Broker
 from tests.e2e.datastar import datastar_js
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterator
+    from collections.abc import AsyncIterator, Callable, Iterator
 
     from litestar import Litestar
     from playwright.async_api import (
@@ -357,6 +358,24 @@ async def people(browser: Browser, launch: Launch) -> AsyncIterator[People]:
         for person in persons:
             await person.context.close()
     assert not console.errors, "\n".join(_shorten(line) for line in console.errors)
+
+
+async def wait_until(what: str, condition: Callable[[], bool]) -> None:
+    """Wait until *condition* holds (checked every 20 ms), at most `SEE` ms."""
+    deadline = time.monotonic() + SEE / 1000
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {SEE} ms: {what}")
+        await asyncio.sleep(0.02)
+
+
+def write_figures(path: Path, figures: dict[str, str]) -> None:
+    """Write *figures* (what was measured: its value) to *path* as a Markdown table."""
+    if figures:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lines = ["| measured | value |", "|---|---|"]
+        lines += [f"| {name} | {value} |" for name, value in sorted(figures.items())]
+        path.write_text("\n".join(lines) + "\n")
 
 
 def _shorten(line: str, limit: int = 300) -> str:

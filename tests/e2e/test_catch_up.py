@@ -14,9 +14,7 @@ Every test page shows two components, ``#board`` (scope ``board``) and ``#note``
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import time
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
@@ -26,7 +24,7 @@ from playwright.async_api import expect
 
 from streamui import Broker
 from streamui.nats import NatsTransport
-from tests.e2e.conftest import SEE, SET_HIDDEN, VIEWPORT, Console, _serve
+from tests.e2e.conftest import SEE, SET_HIDDEN, VIEWPORT, Console, _serve, wait_until
 from tests.e2e.tabs_app import TabsApp, make_tabs_app
 from tests.nats.conftest import nats_server_running
 
@@ -72,11 +70,7 @@ class Tab:
         return Counter(self.state.fetches) - since
 
     async def until(self, what: str, condition: Callable[[], bool]) -> None:
-        deadline = time.monotonic() + SEE / 1000
-        while not condition():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"not within {SEE} ms: {what}")
-            await asyncio.sleep(0.02)
+        await wait_until(what, condition)
 
     async def streaming(self) -> None:
         def one_stream() -> bool:

@@ -16,10 +16,8 @@ Every test fails on any console error or uncaught page error.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
-import time
 from typing import TYPE_CHECKING, Final
 from urllib.parse import urlsplit
 
@@ -27,7 +25,7 @@ import httpx
 import pytest
 from playwright.async_api import expect
 
-from tests.e2e.conftest import SEE, VIEWPORT, Console, _serve
+from tests.e2e.conftest import SEE, VIEWPORT, Console, _serve, wait_until
 from tests.e2e.join_app import FIRST_INVOICE, JoinApp, make_join_app
 
 if TYPE_CHECKING:
@@ -72,11 +70,7 @@ class Served:
 
     async def until(self, what: str, condition: Callable[[], bool]) -> None:
         """Wait until *condition* holds on the server."""
-        deadline = time.monotonic() + SEE / 1000
-        while not condition():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"not within {SEE} ms: {what}")
-            await asyncio.sleep(0.02)
+        await wait_until(what, condition)
 
     def streaming(self, *scopes: str) -> Callable[[], bool]:
         """True once exactly one stream is open and it watches exactly *scopes*."""

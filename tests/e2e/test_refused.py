@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -21,7 +20,15 @@ import pytest
 from playwright.async_api import expect
 
 from streamui import Broker
-from tests.e2e.conftest import SEE, STREAM_PATH, VIEWPORT, Console, _serve
+from tests.e2e.conftest import (
+    SEE,
+    STREAM_PATH,
+    VIEWPORT,
+    Console,
+    _serve,
+    wait_until,
+    write_figures,
+)
 from tests.e2e.tabs_app import TabsApp, make_tabs_app
 
 if TYPE_CHECKING:
@@ -46,11 +53,7 @@ _figures: dict[str, str] = {}
 @pytest.fixture(scope="module", autouse=True)
 def _write_figures() -> Iterator[None]:
     yield
-    if _figures:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        lines = ["| measured | value |", "|---|---|"]
-        lines += [f"| {name} | {value} |" for name, value in sorted(_figures.items())]
-        RESULTS.write_text("\n".join(lines) + "\n")
+    write_figures(RESULTS, _figures)
 
 
 class Site:
@@ -102,11 +105,7 @@ class Site:
         return pages
 
     async def until(self, what: str, condition: Callable[[], bool]) -> None:
-        deadline = time.monotonic() + SEE / 1000
-        while not condition():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"not within {SEE} ms: {what}")
-            await asyncio.sleep(0.02)
+        await wait_until(what, condition)
 
     def streaming(self, count: int) -> Callable[[], bool]:
         """*count* streams open on the server, and the browser reported as many stream

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import pytest
 from playwright.async_api import expect
 
-from tests.e2e.conftest import SEE, SET_HIDDEN, VIEWPORT, Console, _serve
+from tests.e2e.conftest import SEE, SET_HIDDEN, VIEWPORT, Console, _serve, write_figures
 from tests.e2e.tabs_app import TabsApp, make_tabs_app
 
 if TYPE_CHECKING:
@@ -44,11 +44,7 @@ _figures: dict[str, str] = {}
 @pytest.fixture(scope="module", autouse=True)
 def _write_figures() -> Iterator[None]:
     yield
-    if _figures:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        lines = ["| measured | value |", "|---|---|"]
-        lines += [f"| {name} | {value} |" for name, value in sorted(_figures.items())]
-        RESULTS.write_text("\n".join(lines) + "\n")
+    write_figures(RESULTS, _figures)
 
 
 class Served:
