@@ -126,7 +126,8 @@ class _Pattern:
         # through a shield: cancelling one waiting stream never cancels the others.
         self.subscribing: asyncio.Task[None] | None = None
         self.covered_from = _NEVER
-        """The first revision from which every invalidation it matches is known here."""
+        """upstream="watched": the first revision from which every invalidation it
+        matches is known here (with "all", the broker's own ``_complete_from``)."""
 
     def deliver(self, concrete: str, revision: int, payload: bytes) -> None:
         """Mark every watcher (hot path). A wildcard's data says which scope it is for."""
@@ -389,11 +390,12 @@ class Broker:
         """
         logger.info("transport reconnected: pushing every scope of %d streams", len(self._watchers))
         revision = self.next_revision()
-        if self._complete_from != _NEVER:
+        if self.upstream == "all":
             self._complete_from = revision
-        for entry in self._patterns.values():
-            if entry.covered_from != _NEVER:
-                entry.covered_from = revision
+        else:
+            for entry in self._patterns.values():
+                if entry.subscription is not None:
+                    entry.covered_from = revision
         for watcher in list(self._watchers):
             watcher.mark_all(revision)
 
@@ -489,37 +491,41 @@ class Broker:
         rendered_at: float | None = None,
         after: str | None = None,
         resume: bool = False,
-        same_clock: bool = False,
+        clock: str | None = None,
     ) -> _Watch:
         """Watch *scopes* for the lifetime of an ``async with`` block.
 
         The block yields a `Watcher`. At most one of: *rendered_at* (Unix time at which
-        the page was rendered; *same_clock* if by this process, which spares the
-        `CLOCK_MARGIN`) or *after* (an event id, ``<revision>-<broker id>``, or a time
-        in ms): every scope invalidated after that point is pushed once at the start,
-        and nothing else; ``resume=True``: every scope is pushed once.
+        the page was rendered) or *after* (a `POINT`: an event id,
+        ``<revision>-<broker id>``, or a time in ms, ``<ms>-<process instance>`` when the
+        instance is known): every scope invalidated after that point is pushed once at
+        the start, and nothing else; ``resume=True``: every scope is pushed once.
+
+        *clock* names this process (`TokenSigner.instance`): a time tagged with it is on
+        this clock, which spares it the `CLOCK_MARGIN`.
         """
         unique = tuple(dict.fromkeys(validate_scope(value) for value in scopes))
         if sum((rendered_at is not None, after is not None, resume)) > 1:
             raise ValueError("watch() takes at most one of rendered_at, after and resume")
         start: int | None = None
         if after is not None:
-            start = self._start_after(after)
+            start = self._start_after(after, clock)
         elif rendered_at is not None:
-            start = self._start_at(int(rendered_at * 1000), same_clock=same_clock)
+            start = self._start_at(int(rendered_at * 1000))
         return _Watch(self, unique, start, resume)
 
-    def _start_after(self, after: str) -> int:
-        """The first revision a stream that saw event *after* may have missed."""
+    def _start_after(self, after: str, clock: str | None) -> int:
+        """The first revision a stream that saw event *after* (or a page rendered then)
+        may have missed."""
         match = POINT.fullmatch(after)
         if match is None:
             raise ValueError(
                 f"not an event id (<revision>-<broker id>) or a time in ms: {after[:40]!r}"
             )
-        revision, broker = int(match[1]), match[2]
-        if broker == self.id:
+        revision, origin = int(match[1]), match[2]
+        if origin == self.id:
             return revision + 1  # this broker's own revision: nothing to guess
-        return self._start_at(revision)
+        return self._start_at(revision, same_clock=origin is not None and origin == clock)
 
     def _start_at(self, ms: int, *, same_clock: bool = False) -> int:
         """The first revision that may be news to a page rendered at *ms* (its clock).
@@ -557,7 +563,6 @@ class Broker:
                 if entry is None:
                     entry = self._patterns[value] = _Pattern(key, is_pattern(value))
                     if self.upstream == "all":
-                        entry.covered_from = self._complete_from
                         self._trie.add(scope_subject(value, self.prefix), entry)
                     else:
                         entry.subscribing = asyncio.create_task(self._subscribe(value, entry))
@@ -619,11 +624,12 @@ class Broker:
                     break
                 changed.append(seen)
         known = start > self._recent_floor
+        every = self.upstream == "all"
         unknown = 0
         revision = 0
         for value, key in zip(watcher.scopes, watcher.keys, strict=True):
-            entry = self._patterns[value]
-            if not known or entry.covered_from > start:
+            covered_from = self._complete_from if every else self._patterns[value].covered_from
+            if not known or covered_from > start:
                 unknown += 1
             elif not any(scope_matches(value, seen) for seen in changed):
                 continue

@@ -197,35 +197,23 @@ class StreamController(Controller):
         if not await _authorized(config, request, watched):
             raise PermissionDeniedException("not authorized to watch these scopes")
 
-        # The newest token bounds the catch-up: older tokens' scopes were served by the
-        # stream this one replaces until the browser aborted it, after the newest render.
         def merge(opening_id: str) -> bytes:
             event = merge_tokens(state.endpoint, verified, event_id=opening_id)
             return event.encode() if event is not None else b""
 
         # The stream catches up on what was invalidated after a point: since (streamui's
         # module, which knows what its tabs have seen), else the last event the browser
-        # saw, else the render. A client that lies only gets more pushes, or misses its
-        # own updates. An id that is not ours (nor any broker's) is owed everything.
-        # A time tagged with this process's instance is a render here: same clock.
-        instance = state.endpoint.signer.instance
-        point = since if since is not None else request.headers.get("last-event-id") or None
-        rendered_at = None
-        resume = same_clock = False
-        if point is None:
-            rendered_at = max(token.issued_at for token in verified)
-            same_clock = all(token.instance == instance for token in verified)
-        elif (match := POINT.fullmatch(point)) is None:
-            resume = True  # not an id any broker gave (Last-Event-ID is not checked)
-        elif match[2] == instance:
-            rendered_at, same_clock = int(match[1]) / 1000, True
+        # saw, else the newest render (older tokens' scopes were served until then by
+        # the stream this one replaces). A client that lies only gets more pushes, or
+        # misses its own updates. An id that no broker gave is owed everything.
+        point = since or request.headers.get("last-event-id") or _render_point(verified)
+        resume = POINT.fullmatch(point) is None
         return EventStream(
             state.broker,
             watched,
-            rendered_at=rendered_at,
-            after=point if rendered_at is None and not resume else None,
+            after=None if resume else point,
             resume=resume,
-            same_clock=same_clock,
+            clock=state.endpoint.signer.instance,
             heartbeat=config.heartbeat,
             max_lifetime=config.max_lifetime,
             greeting=merge,
@@ -241,6 +229,13 @@ class StreamController(Controller):
             watched, issued_at=min(token.issued_at for token in verified)
         )
         return Response({"token": token}, headers={"cache-control": "no-store"})
+
+
+def _render_point(verified: Sequence[StreamToken]) -> str:
+    """The newest render among *verified*, as a `POINT` named after its process's clock."""
+    newest = max(verified, key=lambda token: token.issued_at)
+    ms = int(newest.issued_at * 1000)
+    return f"{ms}-{newest.instance}" if newest.instance is not None else str(ms)
 
 
 async def _authorized(

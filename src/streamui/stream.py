@@ -74,6 +74,7 @@ class EventStream:
     __slots__ = (
         "_after",
         "_broker",
+        "_clock",
         "_greeting",
         "_heartbeat",
         "_max_lifetime",
@@ -82,7 +83,6 @@ class EventStream:
         "_renew_after",
         "_renew_every",
         "_resume",
-        "_same_clock",
         "_scopes",
     )
 
@@ -94,7 +94,7 @@ class EventStream:
         rendered_at: float | None = None,
         after: str | None = None,
         resume: bool = False,
-        same_clock: bool = False,
+        clock: str | None = None,
         heartbeat: float = 15.0,
         max_lifetime: float | None = None,
         greeting: Callable[[str], bytes] | None = None,
@@ -107,7 +107,7 @@ class EventStream:
         self._rendered_at = rendered_at
         self._after = after
         self._resume = resume
-        self._same_clock = same_clock
+        self._clock = clock
         self._heartbeat = heartbeat
         self._max_lifetime = max_lifetime
         self._greeting = greeting
@@ -121,7 +121,7 @@ class EventStream:
             rendered_at=self._rendered_at,
             after=self._after,
             resume=self._resume,
-            same_clock=self._same_clock,
+            clock=self._clock,
         )
         try:
             watcher = await watch.__aenter__()

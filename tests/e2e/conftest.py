@@ -348,9 +348,7 @@ async def people(browser: Browser, launch: Launch) -> AsyncIterator[People]:
     console = Console()
     persons = []
     for name in ("A", "B"):
-        context = await browser.new_context(viewport=VIEWPORT)
-        context.set_default_timeout(SEE)
-        console.watch(name, context)
+        context = await new_profile(browser, console, name)
         persons.append(Person(name, context, await context.new_page()))
     try:
         yield People(persons[0], persons[1], console)
@@ -358,6 +356,14 @@ async def people(browser: Browser, launch: Launch) -> AsyncIterator[People]:
         for person in persons:
             await person.context.close()
     assert not console.errors, "\n".join(_shorten(line) for line in console.errors)
+
+
+async def new_profile(browser: Browser, console: Console, name: str) -> BrowserContext:
+    """A new browser context (a person's profile), its console watched by *console*."""
+    context = await browser.new_context(viewport=VIEWPORT)
+    context.set_default_timeout(SEE)
+    console.watch(name, context)
+    return context
 
 
 async def wait_until(what: str, condition: Callable[[], bool]) -> None:

@@ -24,7 +24,7 @@ from playwright.async_api import expect
 
 from streamui import Broker
 from streamui.nats import NatsTransport
-from tests.e2e.conftest import SEE, SET_HIDDEN, VIEWPORT, Console, _serve, wait_until
+from tests.e2e.conftest import SET_HIDDEN, Console, _serve, new_profile, wait_until
 from tests.e2e.tabs_app import TabsApp, make_tabs_app
 from tests.nats.conftest import nats_server_running
 
@@ -129,9 +129,7 @@ async def tab(
     state = make_tabs_app(datastar_file, share=mode == "shared", broker=factory())
     running: Running = await _serve(state.app, state.broker, 0)
     console = Console()
-    context = await browser.new_context(viewport=VIEWPORT)
-    context.set_default_timeout(SEE)
-    console.watch("tab", context)
+    context = await new_profile(browser, console, "tab")
     try:
         page = await context.new_page()
         await page.goto(f"{running.url}/tab/1")

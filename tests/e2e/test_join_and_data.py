@@ -25,7 +25,7 @@ import httpx
 import pytest
 from playwright.async_api import expect
 
-from tests.e2e.conftest import SEE, VIEWPORT, Console, _serve, wait_until
+from tests.e2e.conftest import Console, _serve, new_profile, wait_until
 from tests.e2e.join_app import FIRST_INVOICE, JoinApp, make_join_app
 
 if TYPE_CHECKING:
@@ -85,9 +85,7 @@ async def served(
     state = make_join_app(datastar_file, share=share)
     running = await _serve(state.app, state.broker, 0)
     console = Console()
-    context = await browser.new_context(viewport=VIEWPORT)
-    context.set_default_timeout(SEE)
-    console.watch("page", context)
+    context = await new_profile(browser, console, "page")
     page = await context.new_page()
     result = Served(state, running, page, console)
 

@@ -21,11 +21,10 @@ from playwright.async_api import expect
 
 from streamui import Broker
 from tests.e2e.conftest import (
-    SEE,
     STREAM_PATH,
-    VIEWPORT,
     Console,
     _serve,
+    new_profile,
     wait_until,
     write_figures,
 )
@@ -88,9 +87,7 @@ class Site:
 
     async def tabs(self, count: int) -> list[Page]:
         if self.context is None:
-            self.context = await self.browser.new_context(viewport=VIEWPORT)
-            self.context.set_default_timeout(SEE)
-            self.console.watch("profile", self.context)
+            self.context = await new_profile(self.browser, self.console, "profile")
 
             def record(request: Request) -> None:
                 if STREAM_PATH + "?" in request.url:

@@ -20,7 +20,14 @@ from urllib.parse import urlsplit
 import pytest
 from playwright.async_api import expect
 
-from tests.e2e.conftest import SEE, SET_HIDDEN, VIEWPORT, Console, _serve, write_figures
+from tests.e2e.conftest import (
+    SEE,
+    SET_HIDDEN,
+    Console,
+    _serve,
+    new_profile,
+    write_figures,
+)
 from tests.e2e.tabs_app import TabsApp, make_tabs_app
 
 if TYPE_CHECKING:
@@ -63,9 +70,7 @@ class Served:
 
     async def context(self) -> BrowserContext:
         """A new browser profile (a person)."""
-        context = await self.browser.new_context(viewport=VIEWPORT)
-        context.set_default_timeout(SEE)
-        self.console.watch(f"context {len(self.contexts)}", context)
+        context = await new_profile(self.browser, self.console, f"context {len(self.contexts)}")
         self.contexts.append(context)
         return context
 

@@ -271,3 +271,24 @@ async def past_the_clock_margin() -> None:
     another process within that margin of a worker's start is pushed every scope (the
     other clock may be that far ahead), which the tests that use this do not look at."""
     await asyncio.sleep(CLOCK_MARGIN + 0.2)
+
+
+async def invalidate(client: httpx.AsyncClient, worker: Worker, scope: str) -> None:
+    """Have *worker* invalidate *scope* (``POST /invalidate``)."""
+    response = await client.post(f"{worker.base_url}/invalidate", params={"scope": scope})
+    assert response.status_code == 204, response.text
+
+
+@contextlib.asynccontextmanager
+async def two_workers(nats_url: str) -> AsyncIterator[tuple[Worker, Worker, httpx.AsyncClient]]:
+    """Workers A and B on *nats_url*, ready and up longer than `CLOCK_MARGIN`, and a
+    client; both workers must stop cleanly at the end."""
+    async with (
+        app_worker("worker A", nats_url) as a,
+        app_worker("worker B", nats_url) as b,
+        httpx.AsyncClient(timeout=WAIT, trust_env=False) as client,
+    ):
+        await asyncio.gather(a.ready(), b.ready())
+        await past_the_clock_margin()
+        yield a, b, client
+        await asyncio.gather(a.stop_cleanly(), b.stop_cleanly())

@@ -29,6 +29,7 @@ from tests.nats.multiprocess import (
     Worker,
     app_worker,
     expect_push,
+    invalidate,
     open_stream,
     past_the_clock_margin,
 )
@@ -126,11 +127,6 @@ async def streamui_connections(node: NatsServer) -> int:
     return sum(
         1 for connection in connz.get("connections") or [] if connection["name"] == "streamui"
     )
-
-
-async def invalidate(client: httpx.AsyncClient, worker: Worker, scope: str) -> None:
-    response = await client.post(f"{worker.base_url}/invalidate", params={"scope": scope})
-    assert response.status_code == 204, response.text
 
 
 @contextlib.asynccontextmanager

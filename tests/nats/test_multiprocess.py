@@ -23,8 +23,10 @@ from tests.nats.multiprocess import (
     SECRET,
     app_worker,
     expect_push,
+    invalidate,
     open_stream,
     past_the_clock_margin,
+    two_workers,
 )
 from tests.support import WAIT, stream_path, stream_tokens
 
@@ -51,8 +53,7 @@ async def test_an_invalidation_in_one_worker_reaches_a_stream_served_by_another(
         page = (await client.get(a.base_url, params={"scope": ["mp:target", "mp:other"]})).text
         # Rendered by A, served by B: the token verifies on B, which shares the secret.
         async with open_stream(client, b.base_url, page) as stream:
-            response = await client.post(f"{a.base_url}/invalidate", params={"scope": "mp:target"})
-            assert response.status_code == 204, response.text
+            await invalidate(client, a, "mp:target")
             await expect_push(stream, "mp_target")
 
         # A worker with another secret refuses the token: the workers must share one.
@@ -67,13 +68,7 @@ async def test_an_invalidation_in_one_worker_reaches_a_stream_served_by_another(
 async def test_every_worker_watching_a_wildcard_gets_an_invalidation_made_in_either(
     nats_server: NatsServer,
 ) -> None:
-    async with (
-        app_worker("worker A", nats_server.url) as a,
-        app_worker("worker B", nats_server.url) as b,
-        httpx.AsyncClient(timeout=WAIT, trust_env=False) as client,
-    ):
-        await asyncio.gather(a.ready(), b.ready())
-        await past_the_clock_margin()
+    async with two_workers(nats_server.url) as (a, b, client):
         page = (await client.get(a.base_url, params={"scope": ["orders:*"]})).text
         # Two tabs of one page, their streams served by different workers.
         async with (
@@ -82,50 +77,36 @@ async def test_every_worker_watching_a_wildcard_gets_an_invalidation_made_in_eit
         ):
             last_a = last_b = 0
             for worker, order in ((b, "orders:7"), (a, "orders:8")):
-                url = f"{worker.base_url}/invalidate"
-                response = await client.post(url, params={"scope": order})
-                assert response.status_code == 204, response.text
+                await invalidate(client, worker, order)
                 # The invalidating worker's own stream hears it through NATS too.
                 last_a = await expect_push(on_a, "orders_WILD", after=last_a)
                 last_b = await expect_push(on_b, "orders_WILD", after=last_b)
-
-        await asyncio.gather(a.stop_cleanly(), b.stop_cleanly())
 
 
 async def test_a_first_connect_is_pushed_exactly_what_changed_since_the_render(
     nats_server: NatsServer,
 ) -> None:
-    async with (
-        app_worker("worker A", nats_server.url) as a,
-        app_worker("worker B", nats_server.url) as b,
-        httpx.AsyncClient(timeout=WAIT, trust_env=False) as client,
-    ):
-        await asyncio.gather(a.ready(), b.ready())
-        await past_the_clock_margin()
+    async with two_workers(nats_server.url) as (a, b, client):
         scopes = ["cu:changed", "cu:same", "cu:rows:*", "cu:quiet:*"]
         page = (await client.get(a.base_url, params={"scope": scopes})).text
         # After the render, before the connect: changes made on either worker, to scopes
         # no stream of B (nor of A) had watched yet.
         for worker, scope in ((b, "cu:changed"), (a, "cu:rows:3"), (a, "cu:unwatched")):
-            response = await client.post(f"{worker.base_url}/invalidate", params={"scope": scope})
-            assert response.status_code == 204, response.text
+            await invalidate(client, worker, scope)
         async with open_stream(client, b.base_url, page) as stream:
             await expect_push(stream, "cu_changed", "cu_rows_WILD")
             # Nothing else came: the next push is the next change.
-            response = await client.post(f"{a.base_url}/invalidate", params={"scope": "cu:same"})
-            assert response.status_code == 204, response.text
+            await invalidate(client, a, "cu:same")
             await expect_push(stream, "cu_same")
         # A page rendered after all that, served by A: nothing to catch up on. (Changes
         # within CLOCK_MARGIN before a render by another process are pushed again.)
         await past_the_clock_margin()
         page = (await client.get(b.base_url, params={"scope": scopes})).text
         async with open_stream(client, a.base_url, page) as stream:
-            response = await client.post(f"{b.base_url}/invalidate", params={"scope": "cu:quiet:1"})
-            assert response.status_code == 204, response.text
+            await invalidate(client, b, "cu:quiet:1")
             await expect_push(stream, "cu_quiet_WILD")
         counts = [(await client.get(f"{w.base_url}/catch-ups")).json() for w in (a, b)]
         assert counts == [{"exact": 1}, {"exact": 1}]
-        await asyncio.gather(a.stop_cleanly(), b.stop_cleanly())
 
 
 async def test_a_page_rendered_before_the_worker_started_is_pushed_every_scope_once(
@@ -143,8 +124,7 @@ async def test_a_page_rendered_before_the_worker_started_is_pushed_every_scope_o
             await b.ready()
             async with open_stream(client, b.base_url, page) as stream:
                 revision = await expect_push(stream, "rs_1", "rs_WILD")
-                response = await client.post(f"{a.base_url}/invalidate", params={"scope": "rs:2"})
-                assert response.status_code == 204, response.text
+                await invalidate(client, a, "rs:2")
                 await expect_push(stream, "rs_WILD", after=revision)
             counts = (await client.get(f"{b.base_url}/catch-ups")).json()
             assert counts == {"everything": 1}
