@@ -71,7 +71,7 @@ from streamui.transports import InProcessTransport, SubjectTrie, Subscription, T
 
 if TYPE_CHECKING:
     import concurrent.futures
-    from collections.abc import Iterable
+    from collections.abc import Callable, Iterable
     from types import TracebackType
     from typing import Self
 
@@ -148,6 +148,12 @@ class Watcher:
     The stream's writer awaits `wait`, then calls `take` for the bytes to write. While
     the writer is busy (a write waiting on a slow client), changes join the next `take`:
     that is the coalescing, and it is why the fan-out costs a set insertion per stream.
+
+    A writer may also `attach` a callback: while the writer is parked in `wait`, a
+    change then calls it once per event-loop iteration (from one broker callback for
+    every such watcher) instead of waking the writer's task, so a delivery costs no
+    task switch. The callback takes and writes; the task wakes only for what the
+    callback leaves to it.
     """
 
     __slots__ = (
@@ -156,7 +162,9 @@ class Watcher:
         "_data",
         "_extra",
         "_heartbeat_due",
+        "_on_ready",
         "_pending",
+        "_queued",
         "_revision",
         "_waiter",
         "closed",
@@ -176,6 +184,8 @@ class Watcher:
         self._heartbeat_due = False
         self._extra: list[bytes] | None = None
         self._waiter: asyncio.Future[None] | None = None
+        self._on_ready: Callable[[], None] | None = None
+        self._queued = False
         self.closed = False
         self.reconnect_after: int | None = None
         """Milliseconds the browser should wait before it reconnects (set on shutdown)."""
@@ -190,6 +200,16 @@ class Watcher:
             if not waiter.done():
                 waiter.set_result(None)
 
+    def attach(self, on_ready: Callable[[], None] | None) -> None:
+        """Have *on_ready* called (soon, from the broker's batch callback) instead of a
+        wake-up when something changes while the writer is parked in `wait`; None
+        detaches. *on_ready* must not raise."""
+        self._on_ready = on_ready
+
+    def wake(self) -> None:
+        """Wake the writer parked in `wait` (an attached callback hands it work)."""
+        self._wake()
+
     def mark(self, key: str, revision: int, payload: bytes) -> None:
         """Record that *key* changed; called by the broker's fan-out (hot path).
 
@@ -200,8 +220,12 @@ class Watcher:
         if payload:
             self._data[key] = (revision, payload)
         self._revision = max(self._revision, revision)
-        if self._waiter is not None:
-            self._wake()
+        if self._waiter is not None:  # the writer is parked; else it takes this next
+            if self._on_ready is None:
+                self._wake()
+            elif not self._queued:
+                self._queued = True
+                self._broker._schedule(self)
 
     def mark_all(self, revision: int | None = None) -> None:
         """Push every scope once (resume after a disconnect, or a reconnect upstream)."""
@@ -232,6 +256,11 @@ class Watcher:
         self._wake()
 
     @property
+    def parked(self) -> bool:
+        """True while the writer waits in `wait`."""
+        return self._waiter is not None
+
+    @property
     def ready(self) -> bool:
         """True when `wait` would return at once (something to write, or closed)."""
         return bool(self._pending) or self._heartbeat_due or self.closed or bool(self._extra)
@@ -240,7 +269,10 @@ class Watcher:
         """Return when there is something to `take`, or the stream is closed."""
         if not self.ready:
             self._waiter = asyncio.get_running_loop().create_future()
-            await self._waiter
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None  # also when cancelled: no longer parked
 
     @property
     def revision(self) -> int:
@@ -326,6 +358,9 @@ class Broker:
         self._recent: OrderedDict[str, int] = OrderedDict()
         self._recent_bytes = 0
         self._recent_floor = 0
+        # Watchers whose attached writer has something to write, handed over in one
+        # callback per event-loop iteration (a burst in one iteration is one write).
+        self._ready: list[Watcher] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started_at = float("inf")
         self._closed = False
@@ -649,6 +684,20 @@ class Broker:
             self.catch_ups["exact"] += 1
 
     # -- fan-out (hot path) ----------------------------------------------------------
+
+    def _schedule(self, watcher: Watcher) -> None:
+        if not self._ready:
+            asyncio.get_running_loop().call_soon(self._hand_over)
+        self._ready.append(watcher)
+
+    def _hand_over(self) -> None:
+        ready, self._ready = self._ready, []
+        for watcher in ready:
+            watcher._queued = False
+            on_ready = watcher._on_ready
+            # A writer woken meanwhile (a heartbeat, a close) takes the change itself.
+            if on_ready is not None and watcher._waiter is not None:
+                on_ready()
 
     def _receive(self, subject: str, payload: bytes) -> None:
         """upstream="all": every invalidation of the prefix."""

@@ -141,6 +141,12 @@ class StreamConfig:
     """Let the app's Litestar compression (``compression_config``) compress the stream.
     Off by default: events are ~100 bytes, and a compressed stream keeps a compressor
     per open stream (zlib: ~256 KB each) and compresses every event once per stream."""
+    eager_writes: bool = True
+    """Write a waiting stream's frames from the broker's fan-out, stepping the app's
+    ``send`` (the whole middleware chain, in the stream's context) by hand: a delivery
+    then costs no task switch, and a write that must wait is finished by the stream's
+    task. False writes every frame from the stream's own task, for middleware that needs
+    its ``send`` awaited there (one task wake-up per delivery)."""
 
     def __post_init__(self) -> None:
         if not self.path.startswith("/"):
@@ -217,6 +223,7 @@ class StreamController(Controller):
             heartbeat=config.heartbeat,
             max_lifetime=config.max_lifetime,
             greeting=merge,
+            eager_writes=config.eager_writes,
             **_renewal(state, request, verified, watched),
         )
 

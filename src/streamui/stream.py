@@ -5,9 +5,14 @@ verified the request). What it guarantees:
 
 - Upstream subscriptions are taken before the response starts; if that fails the
   client gets a 503 with a reason, never a half-open stream.
-- Every frame is written with ``await send(message)`` from the request's own task, so
-  it passes every middleware of the app (compression, CORS, sessions, ...) exactly as
-  any other response body would, on any ASGI server.
+- Every frame is written with the ``send`` the app was given, so it passes every
+  middleware of the app (compression, CORS, sessions, ...) exactly as any other
+  response body would, in order, on any ASGI server. While the stream waits, the
+  broker's fan-out writes its frames itself (*eager_writes*): it calls ``send`` and
+  steps the coroutine in the stream's context, and a write that completes in that
+  step, as nearly all do, costs no task switch. A write that must wait (flow
+  control, a middleware that awaits) is finished by the request's task before it
+  writes anything else.
 - The first bytes are an id-only frame (``id:`` and ``retry:``): the browser's SSE
   parser records the id without dispatching an event, so even a tab hidden before its
   first invalidation reconnects with ``Last-Event-ID`` and is caught up exactly (the
@@ -26,8 +31,9 @@ verified the request). What it guarantees:
 - When the client disconnects, the server cancels, or the broker closes, every
   subscription is released (the ``async with broker.watch(...)`` block always exits).
 
-Memory per stream: one `Watcher`, the request task (which writes) and one idle task
-waiting for the disconnect, one or two timers. A write that waits on the server's flow
+Memory per stream: one `Watcher` and its writer, the request task (parked until a
+write must wait, a heartbeat or the end) and one idle task waiting for the
+disconnect, one or two timers. A write that waits on the server's flow
 control holds one frame; what changes meanwhile coalesces into the next, so a slow
 reader costs at most two frames of memory.
 """
@@ -36,13 +42,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
-from typing import TYPE_CHECKING, Final
+from types import CoroutineType
+from typing import TYPE_CHECKING, Any, Final, NoReturn, cast
 
 from datastar_py.sse import SSE_HEADERS
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Sequence
+    from collections.abc import Awaitable, Callable, Coroutine, Sequence
 
     from litestar.types import Receive, Scope, Send
 
@@ -68,13 +76,16 @@ class EventStream:
 
     *greeting*, if given, is called with the opening frame's id and what it returns is
     written right after that frame (the Litestar controller uses it to merge a tab's
-    stream tokens).
+    stream tokens). *eager_writes* False writes every frame from the request's task
+    (one task wake-up per delivery), for middleware whose ``send`` must be awaited
+    there.
     """
 
     __slots__ = (
         "_after",
         "_broker",
         "_clock",
+        "_eager",
         "_greeting",
         "_heartbeat",
         "_max_lifetime",
@@ -101,8 +112,10 @@ class EventStream:
         renew: Callable[[], Awaitable[bytes | None]] | None = None,
         renew_after: float = 0.0,
         renew_every: float = 0.0,
+        eager_writes: bool = True,
     ) -> None:
         self._broker = broker
+        self._eager = eager_writes
         self._scopes = tuple(scopes)
         self._rendered_at = rendered_at
         self._after = after
@@ -153,31 +166,35 @@ class EventStream:
         # release its subscriptions.
         listener = loop.create_task(_until_disconnect(receive, watcher))
         timers: list[asyncio.TimerHandle] = []
-
         renewing: set[asyncio.Task[None]] = set()
+        eager: _EagerWriter | None = None
 
         try:
             await _write(
-                listener, send, {"type": "http.response.start", "status": 200, "headers": _HEADERS}
+                listener,
+                send({"type": "http.response.start", "status": 200, "headers": _HEADERS}),
             )
             opening_id = watcher.opening_id
             opening = f"id: {opening_id}\nretry: {RETRY_MS}\n\n".encode()
             if self._greeting is not None:
                 opening += self._greeting(opening_id)
-            await _write(listener, send, _body(opening, more=True))
+            await _write(listener, send(_body(opening, more=True)))  # type: ignore[arg-type]
             self._start_timers(loop, watcher, timers, renewing)
+            eager = _EagerWriter(watcher, send) if self._eager else None
             while True:
                 await watcher.wait()
+                if eager is not None:
+                    await eager.settle(listener)
                 if watcher.closed:
                     break
                 frame = watcher.take()
                 if frame:
-                    await _write(listener, send, _body(frame, more=True))
+                    await _write(listener, send(_body(frame, more=True)))  # type: ignore[arg-type]
             if not listener.done():  # ended by the server: complete the body cleanly
                 last = b""
                 if watcher.reconnect_after is not None:
                     last = f"retry: {watcher.reconnect_after}\n\n".encode()
-                await _write(listener, send, _body(last, more=False))
+                await _write(listener, send(_body(last, more=False)))  # type: ignore[arg-type]
         except _ClientLeft:
             pass
         except Exception as error:
@@ -191,6 +208,7 @@ class EventStream:
             with contextlib.suppress(Exception):
                 await send(_body(b"", more=False))  # type: ignore[arg-type]
         finally:
+            watcher.attach(None)
             for timer in timers:
                 timer.cancel()
             for task in renewing:
@@ -245,20 +263,108 @@ def _body(frame: bytes, *, more: bool) -> dict[str, object]:
     return {"type": "http.response.body", "body": frame, "more_body": more}
 
 
-async def _write(listener: asyncio.Task[None], send: Send, message: dict[str, object]) -> None:
-    """``await send(message)``; raise `_ClientLeft` if it failed because the client left."""
+async def _write(listener: asyncio.Task[None], sending: Awaitable[None]) -> None:
+    """Await *sending* (a ``send(...)`` call); raise `_ClientLeft` if it failed because
+    the client left."""
     try:
-        await send(message)  # type: ignore[arg-type]
-    except OSError as error:  # ECONNRESET, EPIPE, a server's "client disconnected"
-        logger.debug("stream write failed, the client left: %r", error)
-        raise _ClientLeft from error
+        await sending
     except Exception as error:
-        if listener.done():  # the failure followed a disconnect: the client left
-            logger.debug("stream write failed after the client left: %r", error)
-            raise _ClientLeft from error
-        raise
+        _raise_for(listener, error)
     if listener.done():
         raise _ClientLeft  # some servers drop writes after a disconnect without a word
+
+
+def _raise_for(listener: asyncio.Task[None], error: Exception) -> NoReturn:
+    """Raise `_ClientLeft` if *error*, raised by a write, means the client left, else
+    *error* itself."""
+    if isinstance(error, OSError):  # ECONNRESET, EPIPE, a server's "client disconnected"
+        logger.debug("stream write failed, the client left: %r", error)
+        raise _ClientLeft from error
+    if listener.done():  # the failure followed a disconnect: the client left
+        logger.debug("stream write failed after the client left: %r", error)
+        raise _ClientLeft from error
+    raise error
+
+
+class _EagerWriter:
+    """Writes a parked stream's frames from the broker's batch callback (the hot path).
+
+    It calls the app's ``send`` (the whole middleware chain) and steps the coroutine by
+    hand, in the stream's own context, so a frame travels exactly the path any
+    response body does, in order, on any server. A write that completes in that one
+    step (the common case: the server hands the bytes to the socket) costs no task
+    switch. A write that must wait (flow control, a middleware that awaits) is handed
+    to the stream's task, which finishes it before anything else; what changes
+    meanwhile coalesces into the task's next frame. A failed write is handed over too,
+    and ends the stream there.
+    """
+
+    __slots__ = ("_context", "_send", "_watcher", "failure", "suspended")
+
+    def __init__(self, watcher: Watcher, send: Send) -> None:
+        self._watcher = watcher
+        self._send = send
+        self._context = contextvars.copy_context()
+        self.suspended: tuple[Coroutine[Any, Any, None], Any] | None = None
+        """A write that must wait: its coroutine and what it waits on."""
+        self.failure: Exception | None = None
+        watcher.attach(self)
+
+    def __call__(self) -> None:
+        watcher = self._watcher
+        frame = watcher.take()
+        if not frame:
+            return
+        coroutine = _sending(self._send, _body(frame, more=True))
+        try:
+            awaiting = self._context.run(coroutine.send, None)
+        except StopIteration:
+            return
+        except Exception as error:
+            self.failure = error
+            watcher.attach(None)
+        else:
+            self.suspended = (coroutine, awaiting)
+        watcher.wake()
+
+    async def settle(self, listener: asyncio.Task[None]) -> None:
+        """In the stream's task: finish a write handed over, or raise its failure."""
+        if self.suspended is not None:
+            await _write(listener, self._finish())
+        if self.failure is not None:
+            _raise_for(listener, self.failure)
+
+    async def _finish(self) -> None:
+        """Drive the suspended write to its end, as a task would have."""
+        assert self.suspended is not None
+        (coroutine, awaiting), self.suspended = self.suspended, None
+        try:
+            while True:
+                if awaiting is None:  # a bare yield: give the loop one turn
+                    await asyncio.sleep(0)
+                else:  # a future: wait for it without cancelling it if we are cancelled
+                    awaiting._asyncio_future_blocking = False
+                    await asyncio.wait((awaiting,))
+                try:
+                    awaiting = self._context.run(coroutine.send, None)
+                except StopIteration:
+                    return
+        except BaseException:
+            coroutine.close()
+            raise
+
+
+def _sending(send: Send, message: dict[str, object]) -> Coroutine[Any, Any, None]:
+    """``send(message)`` as a coroutine to step (servers' own send may be another
+    kind of awaitable)."""
+    awaitable = send(message)  # type: ignore[arg-type]
+    if type(awaitable) is CoroutineType:  # not isinstance(Coroutine): an ABC check is slow
+        return cast("Coroutine[Any, Any, None]", awaitable)
+    return _awaiting(awaitable)
+
+
+async def _awaiting(awaitable: Awaitable[None]) -> None:
+    await awaitable
 
 
 async def _until_disconnect(receive: Receive, watcher: Watcher) -> None:

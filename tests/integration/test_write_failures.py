@@ -1,14 +1,18 @@
 """How the stream writes, and what happens when a write fails.
 
-Every frame goes through ``await send(message)`` from the request's task, so any ASGI
-``send`` works, whatever it returns; a write that fails for any reason other than a
-client that left is logged at WARNING with the reason and ends the stream.
+Every frame goes through the ``send`` the app was given (every middleware), so any
+ASGI ``send`` works, whatever it returns. With eager writes (the default) the broker's
+fan-out steps it in the stream's context, and the request's task finishes a write
+that must wait; either way frames arrive in order and nothing is lost. A write that
+fails for any reason other than a client that left is logged at WARNING with the
+reason and ends the stream.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import html
 import logging
 import re
@@ -64,13 +68,19 @@ def wrapping_middleware(
     return middleware
 
 
-def make_app(middleware: Callable[[ASGIApp], ASGIApp]) -> tuple[Litestar, StreamPlugin]:
+def make_app(
+    *middleware: Callable[[ASGIApp], ASGIApp], eager_writes: bool = True
+) -> tuple[Litestar, StreamPlugin]:
     @get("/", media_type=MediaType.HTML)
     async def page() -> str:
         return str(body[div[Watch("a:1", "/a", id="a")], Connect()])
 
-    plugin = StreamPlugin(StreamConfig(secret=SECRET, heartbeat=0.2))
-    return Litestar([page], plugins=[plugin], middleware=[middleware]), plugin
+    plugin = StreamPlugin(StreamConfig(secret=SECRET, heartbeat=0.2, eager_writes=eager_writes))
+    return Litestar([page], plugins=[plugin], middleware=list(middleware)), plugin
+
+
+def is_event(message: Message) -> bool:
+    return message["type"] == "http.response.body" and b"datastar-patch" in message["body"]
 
 
 @contextlib.contextmanager
@@ -161,3 +171,81 @@ async def test_a_client_that_left_is_not_a_warning() -> None:
             for _ in range(3):
                 await plugin.broker.invalidate("a:1")
     assert not [r for r in logged.records if r.levelno >= logging.WARNING]
+
+
+@pytest.mark.parametrize("eager_writes", [True, False])
+async def test_a_write_that_must_wait_is_finished_in_order_and_later_changes_coalesce(
+    eager_writes: bool,
+) -> None:
+    # A middleware whose send waits (as flow control does for a slow client) while
+    # the gate is closed.
+    gate, waiting = asyncio.Event(), asyncio.Event()
+
+    async def gated(message: Message, send: Send) -> None:
+        if is_event(message) and not gate.is_set():
+            waiting.set()
+            await gate.wait()
+        await send(message)
+
+    app, plugin = make_app(wrapping_middleware(gated), eager_writes=eager_writes)
+    async with serve(app) as base, httpx.AsyncClient(base_url=base, timeout=WAIT) as client:
+        url = await open_stream(client)
+        async with client.stream("GET", url) as response:
+            reader = SSEReader(response)
+            assert (await reader.next()).id is not None
+            await plugin.broker.invalidate("a:1")
+            first = plugin.broker.revision
+            async with asyncio.timeout(WAIT):
+                await waiting.wait()
+            for _ in range(3):  # each in a turn of its own, while the write waits
+                await plugin.broker.invalidate("a:1")
+                await asyncio.sleep(0.02)
+            held = plugin.broker.revision
+            gate.set()
+            revisions = [revision_of((await reader.next_event()).id) for _ in range(2)]
+            # The waiting frame, then one frame for the three changes made meanwhile.
+            assert revisions == [first, held]
+            await plugin.broker.invalidate("a:1")
+            event = await reader.next_event()
+            assert event.signals["_stream"]["a_1"] == plugin.broker.revision
+    await wait_released(plugin)
+
+
+REQUEST_LABEL: contextvars.ContextVar[str] = contextvars.ContextVar("request_label")
+
+
+def labelling_middleware(app: ASGIApp) -> ASGIApp:
+    """Sets a context variable per request, as tracing and logging middleware do."""
+
+    async def call(scope: Scope, receive: Receive, send: Send) -> None:
+        REQUEST_LABEL.set(f"{scope['path']}?{scope['query_string'][-8:].decode()}")
+        await app(scope, receive, send)
+
+    return call
+
+
+@pytest.mark.parametrize("eager_writes", [True, False])
+async def test_every_frame_is_written_in_the_context_of_its_stream_request(
+    eager_writes: bool,
+) -> None:
+    seen: list[str] = []
+
+    def record(message: Message, send: Send) -> Any:
+        if is_event(message):
+            seen.append(REQUEST_LABEL.get("not the stream's context"))
+        return send(message)
+
+    app, plugin = make_app(
+        labelling_middleware, wrapping_middleware(record), eager_writes=eager_writes
+    )
+    async with serve(app) as base, httpx.AsyncClient(base_url=base, timeout=WAIT) as client:
+        url = await open_stream(client)
+        async with client.stream("GET", url) as response:
+            reader = SSEReader(response)
+            assert (await reader.next()).id is not None
+            REQUEST_LABEL.set("the invalidating task's context")
+            for _ in range(2):
+                await plugin.broker.invalidate("a:1")
+                await reader.next_event()
+    assert seen == [f"/streamui/stream?{url[-8:]}"] * 2
+    await wait_released(plugin)

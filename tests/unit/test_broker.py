@@ -187,6 +187,51 @@ async def test_invalidations_before_a_take_coalesce_into_one_frame(broker: Broke
         assert watcher.take() == b""
 
 
+async def test_an_attached_writer_is_called_once_per_loop_turn_while_parked(
+    broker: Broker,
+) -> None:
+    async with broker.watch(["a:1", "b:1"]) as watcher:
+        frames: list[bytes] = []
+        watcher.attach(lambda: frames.append(watcher.take()))
+        parked = asyncio.ensure_future(watcher.wait())
+        await asyncio.sleep(0)
+        assert watcher.parked
+        # A burst in one loop turn: one call, one frame with the last revision.
+        for value in ("a:1", "b:1", "a:1"):
+            await broker.invalidate(value)
+        assert frames == []  # not from inside invalidate: once the turn is over
+        await asyncio.sleep(0)
+        assert len(frames) == 1
+        revision = broker.revision
+        assert f'"a_1":{revision},"b_1":{revision}'.encode() in frames[0]
+        # The writer stayed parked: nothing woke it.
+        assert not parked.done()
+        # Woken (a heartbeat), it is no longer parked: a change waits for its own take.
+        watcher.heartbeat()
+        await parked
+        assert not watcher.parked
+        await broker.invalidate("a:1")
+        await asyncio.sleep(0)
+        assert len(frames) == 1
+        assert watcher.ready
+        assert f'"a_1":{broker.revision}'.encode() in watcher.take()
+
+
+async def test_a_cancelled_wait_is_no_longer_parked(broker: Broker) -> None:
+    async with broker.watch(["a:1"]) as watcher:
+        calls: list[None] = []
+        watcher.attach(lambda: calls.append(None))
+        parked = asyncio.ensure_future(watcher.wait())
+        await asyncio.sleep(0)
+        parked.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await parked
+        assert not watcher.parked
+        await broker.invalidate("a:1")
+        await asyncio.sleep(0)
+        assert calls == []
+
+
 async def test_data_is_set_under_stream_data(broker: Broker) -> None:
     data = {"total": 12.5, "text": "line\nbreak </script> 'quoted' \"double\" é\u2028", "n": None}
     async with broker.watch(["invoice:42", "invoice:*"]) as watcher:
