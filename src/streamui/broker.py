@@ -178,8 +178,9 @@ class Watcher:
         self._broker = broker
         self.scopes = scopes
         self.keys = tuple(scope_key(value) for value in scopes)
-        self._pending: set[str] = set()
-        self._data: dict[str, tuple[int, bytes]] = {}
+        # Made on the first change after a take: an idle stream keeps neither.
+        self._pending: set[str] | None = None
+        self._data: dict[str, tuple[int, bytes]] | None = None
         self._revision = 0
         self._heartbeat_due = False
         self._extra: list[bytes] | None = None
@@ -216,8 +217,14 @@ class Watcher:
         A non-empty *payload* is the one carried by the message of *revision*: the frame
         cache names payloads by (key, revision), so one revision has one payload per key.
         """
-        self._pending.add(key)
+        pending = self._pending
+        if pending is None:
+            self._pending = {key}
+        else:
+            pending.add(key)
         if payload:
+            if self._data is None:
+                self._data = {}
             self._data[key] = (revision, payload)
         self._revision = max(self._revision, revision)
         if self._waiter is not None:  # the writer is parked; else it takes this next
@@ -286,9 +293,7 @@ class Watcher:
             frame, self._extra = b"".join(self._extra), None
         if self._pending:
             frame += self._broker._frame(tuple(sorted(self._pending)), self._revision, self._data)
-            self._pending.clear()
-            if self._data:
-                self._data = {}
+            self._pending = self._data = None
         if self._heartbeat_due:
             self._heartbeat_due = False
             frame += b": keep-alive\n\n"
@@ -755,7 +760,7 @@ class Broker:
                 self._recent_bytes -= len(forgotten) + _RECENT_ENTRY_OVERHEAD
 
     def _frame(
-        self, keys: tuple[str, ...], revision: int, data: dict[str, tuple[int, bytes]]
+        self, keys: tuple[str, ...], revision: int, data: dict[str, tuple[int, bytes]] | None
     ) -> bytes:
         """One patch-signals event, built once per (keys, revision, payloads) and shared.
 

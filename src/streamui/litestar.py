@@ -28,6 +28,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import parse_qs
 
 from datastar_py import ServerSentEventGenerator
 from litestar import Controller, Request, Response, get
@@ -51,6 +52,8 @@ from streamui.stream import EventStream
 from streamui.tokens import StreamToken, TokenSigner, unverified_claims
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from litestar import Litestar
     from litestar.config.app import AppConfig
     from litestar.config.compression import CompressionConfig
@@ -198,8 +201,9 @@ class StreamController(Controller):
             # Litestar also routes //path, path/ and path%2F here; a proxy rule that
             # matches the exact path must not be sidestepped by another spelling.
             raise NotFoundException(f"the stream is served at {config.path!r} only")
-        since = _since(request)
-        verified, watched = _verified(state, request)
+        query = _query(request.scope)
+        since = _since(query)
+        verified, watched = _verified(state, query)
         if not await _authorized(config, request, watched):
             raise PermissionDeniedException("not authorized to watch these scopes")
 
@@ -212,7 +216,7 @@ class StreamController(Controller):
         # saw, else the newest render (older tokens' scopes were served until then by
         # the stream this one replaces). A client that lies only gets more pushes, or
         # misses its own updates. An id that no broker gave is owed everything.
-        point = since or request.headers.get("last-event-id") or _render_point(verified)
+        point = since or _last_event_id(request.scope) or _render_point(verified)
         resume = POINT.fullmatch(point) is None
         return EventStream(
             state.broker,
@@ -230,7 +234,7 @@ class StreamController(Controller):
     @get("/merge", name="streamui:merge", cache=False)
     async def merge(self, request: Request[Any, Any, Any]) -> Response[dict[str, str]]:
         state: _State = request.app.state[_STATE_KEY]
-        verified, watched = _verified(state, request)
+        verified, watched = _verified(state, _query(request.scope))
         # The oldest render: a merged token never claims a later one than its parts.
         token = state.endpoint.signer.sign(
             watched, issued_at=min(token.issued_at for token in verified)
@@ -270,42 +274,79 @@ def _renewal(
     if lifetime is None:
         return {}
     soonest = min(signer.expiry(token) or 0.0 for token in verified)
-    # The ASGI scope lives as long as the stream anyway; the Request made of it again at
-    # a renewal (rarely) is not kept alive for hours by every stream.
-    scope = request.scope
-
-    async def renew() -> bytes | None:
-        if not await _authorized(state.config, Request(scope), watched):
-            return None
-        tokens = {_token_name(token.scopes): signer.renew(token) for token in verified}
-        signals = json.dumps({TOKENS_NAMESPACE: tokens}, separators=(",", ":"))
-        return ServerSentEventGenerator.patch_signals(signals).encode()
-
     return {
-        "renew": renew,
+        "renew": _Renewal(state, request.scope, verified, watched),
         "renew_after": max(0.0, soonest - time.time()) / 2,
         "renew_every": lifetime / 2,
     }
 
 
-def _since(request: Request[Any, Any, Any]) -> str | None:
-    value = request.query_params.get("since")
-    if value is None:
+class _Renewal:
+    """Renews a stream's tokens: ``authorize`` again, then the tokens signed again, as
+    a ``_streamTokens`` patch (None: not authorized any more).
+
+    One small object per open stream. It keeps the ASGI scope (which lives as long as
+    the stream anyway), not a Request: the Request made of it again at a renewal
+    (rarely) is not kept alive for hours by every stream."""
+
+    __slots__ = ("_scope", "_state", "_verified", "_watched")
+
+    def __init__(
+        self,
+        state: _State,
+        scope: Scope,
+        verified: Sequence[StreamToken],
+        watched: tuple[str, ...],
+    ) -> None:
+        self._state = state
+        self._scope = scope
+        self._verified = verified
+        self._watched = watched
+
+    async def __call__(self) -> bytes | None:
+        state = self._state
+        if not await _authorized(state.config, Request(self._scope), self._watched):
+            return None
+        signer = state.endpoint.signer
+        tokens = {_token_name(token.scopes): signer.renew(token) for token in self._verified}
+        signals = json.dumps({TOKENS_NAMESPACE: tokens}, separators=(",", ":"))
+        return ServerSentEventGenerator.patch_signals(signals).encode()
+
+
+def _last_event_id(scope: Scope) -> str | None:
+    """The ``Last-Event-ID`` header, read from the raw headers: ``request.headers``
+    would parse them all into a structure cached for the stream's whole life."""
+    for name, value in scope["headers"]:
+        if name.lower() == b"last-event-id":
+            return value.decode("latin-1")
+    return None
+
+
+def _query(scope: Scope) -> dict[str, list[str]]:
+    """The query string's values by name, parsed here: ``request.query_params`` would
+    be cached for the stream's whole life."""
+    return parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+
+
+def _since(query: Mapping[str, list[str]]) -> str | None:
+    values = query.get("since")
+    if values is None:
         return None
+    value = values[0]
     if not POINT.fullmatch(value):
         raise ClientException(
             "since must be an event id (<revision>-<broker id>) or a time in milliseconds "
             f"(digits, optionally -<instance>), got {value[:40]!r}"
         )
-    return str(value)
+    return value
 
 
 def _verified(
-    state: _State, request: Request[Any, Any, Any]
+    state: _State, query: Mapping[str, list[str]]
 ) -> tuple[list[StreamToken], tuple[str, ...]]:
     """The request's tokens, verified, and the scopes they grant (4xx with a reason if not)."""
     config = state.config
-    tokens = [token for token in request.query_params.getall("t", []) if token]
+    tokens = [token for token in query.get("t", ()) if token]
     if not tokens:
         raise ClientException("missing stream token: the URL needs ?t=<token> from Connect()")
     if len(tokens) > config.max_tokens:
@@ -498,12 +539,20 @@ class StreamPlugin(InitPlugin):
 
     def _middleware(self, app: ASGIApp) -> ASGIApp:
         endpoint = self.endpoint
+        stream_path = self.config.path
 
         async def with_endpoint(scope: Scope, receive: Receive, send: Send) -> None:
             with use_endpoint(endpoint):
                 await app(scope, receive, send)
 
-        return with_endpoint
+        def dispatch(scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+            # A stream renders nothing, and lives for hours: it keeps no registry and
+            # no frame of this middleware (other spellings of the path get a 404).
+            if scope["path"] in (stream_path, scope.get("root_path", "") + stream_path):
+                return app(scope, receive, send)
+            return with_endpoint(scope, receive, send)
+
+        return dispatch
 
 
 def _client_handler(url: str) -> Any:

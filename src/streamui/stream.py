@@ -165,8 +165,7 @@ class EventStream:
         # stretches, so only this listener notices a client that left in time to
         # release its subscriptions.
         listener = loop.create_task(_until_disconnect(receive, watcher))
-        timers: list[asyncio.TimerHandle] = []
-        renewing: set[asyncio.Task[None]] = set()
+        timers: _Timers | None = None
         eager: _EagerWriter | None = None
 
         try:
@@ -178,8 +177,9 @@ class EventStream:
             opening = f"id: {opening_id}\nretry: {RETRY_MS}\n\n".encode()
             if self._greeting is not None:
                 opening += self._greeting(opening_id)
+                self._greeting = None  # used once: what it holds need not live on
             await _write(listener, send(_body(opening, more=True)))  # type: ignore[arg-type]
-            self._start_timers(loop, watcher, timers, renewing)
+            timers = _Timers(loop, self, watcher)
             eager = _EagerWriter(watcher, send) if self._eager else None
             while True:
                 await watcher.wait()
@@ -209,54 +209,82 @@ class EventStream:
                 await send(_body(b"", more=False))  # type: ignore[arg-type]
         finally:
             watcher.attach(None)
-            for timer in timers:
-                timer.cancel()
-            for task in renewing:
-                task.cancel()
+            if timers is not None:
+                timers.cancel()
             listener.cancel()
             watcher.close()
 
-    def _start_timers(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        watcher: Watcher,
-        timers: list[asyncio.TimerHandle],
-        renewing: set[asyncio.Task[None]],
+
+class _Timers:
+    """A stream's clock: heartbeats and token renewals share one timer, the maximum
+    lifetime has one, and a renewal in flight is one task. An idle stream holds two
+    timers at most, and nothing else."""
+
+    __slots__ = (
+        "_heartbeat_at",
+        "_lifetime",
+        "_loop",
+        "_renew_at",
+        "_stream",
+        "_tick",
+        "_watcher",
+        "renewing",
+    )
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, stream: EventStream, watcher: Watcher
     ) -> None:
-        """Heartbeats and token renewals share one timer (the first in *timers*), and the
-        maximum lifetime has one: an idle stream holds at most two timers and no task."""
+        self._loop = loop
+        self._stream = stream
+        self._watcher = watcher
+        self.renewing: asyncio.Task[None] | None = None
         now = loop.time()
-        due = {"heartbeat": now + self._heartbeat}
-        if self._renew is not None:
-            due["renew"] = now + self._renew_after
+        self._heartbeat_at = now + stream._heartbeat
+        self._renew_at = now + stream._renew_after if stream._renew is not None else None
+        self._tick = loop.call_at(self._next(), self._on_tick)
+        self._lifetime = (
+            loop.call_later(stream._max_lifetime, watcher.close)
+            if stream._max_lifetime is not None
+            else None
+        )
 
-        def tick() -> None:
-            now = loop.time()
-            if now >= due["heartbeat"]:
-                watcher.heartbeat()
-                due["heartbeat"] = now + self._heartbeat
-            if "renew" in due and now >= due["renew"]:
-                task = loop.create_task(self._renew_now(watcher))
-                renewing.add(task)
-                task.add_done_callback(renewing.discard)
-                due["renew"] = now + self._renew_every
-            timers[0] = loop.call_at(min(due.values()), tick)
+    def _next(self) -> float:
+        renew_at = self._renew_at
+        return self._heartbeat_at if renew_at is None else min(self._heartbeat_at, renew_at)
 
-        timers.append(loop.call_at(min(due.values()), tick))
-        if self._max_lifetime is not None:
-            timers.append(loop.call_later(self._max_lifetime, watcher.close))
+    def _on_tick(self) -> None:
+        now = self._loop.time()
+        stream = self._stream
+        if now >= self._heartbeat_at:
+            self._watcher.heartbeat()
+            self._heartbeat_at = now + stream._heartbeat
+        if self._renew_at is not None and now >= self._renew_at:
+            if self.renewing is None:
+                self.renewing = self._loop.create_task(self._renew())
+            self._renew_at = now + stream._renew_every
+        self._tick = self._loop.call_at(self._next(), self._on_tick)
 
-    async def _renew_now(self, watcher: Watcher) -> None:
-        assert self._renew is not None
+    async def _renew(self) -> None:
+        renew = self._stream._renew
+        assert renew is not None
         try:
-            frame = await self._renew()
+            frame = await renew()
         except Exception as error:
             logger.warning("renewing a stream's tokens failed, ending it: %r", error)
             frame = None
+        finally:
+            self.renewing = None
         if frame is None:
-            watcher.close()  # the browser reconnects, and is told why it may not
+            self._watcher.close()  # the browser reconnects, and is told why it may not
         else:
-            watcher.push(frame)
+            self._watcher.push(frame)
+
+    def cancel(self) -> None:
+        self._tick.cancel()
+        if self._lifetime is not None:
+            self._lifetime.cancel()
+        if self.renewing is not None:
+            self.renewing.cancel()
 
 
 def _body(frame: bytes, *, more: bool) -> dict[str, object]:

@@ -52,8 +52,8 @@ async def test_a_reader_that_stalls_gets_coalesced_frames_in_order(start: Start)
             await asyncio.sleep(0)  # let the writes run between invalidations
         (watcher,) = live.broker._watchers
         # Whatever the client's speed, the server keeps at most the latest change.
-        assert len(watcher._pending) <= 1
-        assert len(watcher._data) <= 1
+        assert len(watcher._pending or ()) <= 1
+        assert len(watcher._data or ()) <= 1
 
         # Now it reads: events arrive in order, fewer than were made, ending with the last.
         last = b'"n":60,'
