@@ -115,7 +115,17 @@ class _Pattern:
     """A watched pattern, the streams watching it, and (``upstream="watched"``) its own
     upstream subscription."""
 
-    __slots__ = ("covered_from", "key", "subscribing", "subscription", "watchers", "wildcard")
+    __slots__ = (
+        "covered_from",
+        "data",
+        "key",
+        "queued",
+        "revision",
+        "subscribing",
+        "subscription",
+        "watchers",
+        "wildcard",
+    )
 
     def __init__(self, key: str, wildcard: bool) -> None:
         self.key = key
@@ -128,14 +138,36 @@ class _Pattern:
         self.covered_from = _NEVER
         """upstream="watched": the first revision from which every invalidation it
         matches is known here (with "all", the broker's own ``_complete_from``)."""
+        # What changed since the last `flush`: the newest revision, and the newest
+        # payload with the revision that carried it.
+        self.revision = 0
+        self.data: tuple[int, bytes] | None = None
+        self.queued = False
 
-    def deliver(self, concrete: str, revision: int, payload: bytes) -> None:
-        """Mark every watcher (hot path). A wildcard's data says which scope it is for."""
-        if payload and self.wildcard:
-            payload = b'{"scope":"%s","data":%s}' % (concrete.encode(), payload)
-        key = self.key
+    def deliver(self, concrete: str, revision: int, payload: bytes) -> bool:
+        """Record an invalidation (hot path: O(1), whatever the number of watchers);
+        True if the pattern must now be queued for a `flush`. A wildcard's data says
+        which scope it is for."""
+        if not self.watchers:
+            return False
+        if payload:
+            if self.wildcard:
+                payload = b'{"scope":"%s","data":%s}' % (concrete.encode(), payload)
+            self.data = (revision, payload)
+        self.revision = revision
+        if self.queued:
+            return False
+        self.queued = True
+        return True
+
+    def flush(self) -> None:
+        """Mark every watcher with what was delivered since the last flush: a burst of
+        invalidations in one event-loop turn marks each watcher once."""
+        self.queued = False
+        key, revision, data = self.key, self.revision, self.data
+        self.data = None
         for watcher in self.watchers:
-            watcher.mark(key, revision, payload)
+            watcher.mark(key, revision, data)
 
 
 _NEVER: Final = 2**63
@@ -211,21 +243,23 @@ class Watcher:
         """Wake the writer parked in `wait` (an attached callback hands it work)."""
         self._wake()
 
-    def mark(self, key: str, revision: int, payload: bytes) -> None:
-        """Record that *key* changed; called by the broker's fan-out (hot path).
+    def mark(self, key: str, revision: int, data: tuple[int, bytes] | None = None) -> None:
+        """Record that *key* changed, last at *revision*; called by the broker's fan-out
+        (hot path).
 
-        A non-empty *payload* is the one carried by the message of *revision*: the frame
-        cache names payloads by (key, revision), so one revision has one payload per key.
+        *data*, if given, is the newest payload for *key* and the revision whose message
+        carried it: the frame cache names payloads by (key, revision), so one revision
+        has one payload per key.
         """
         pending = self._pending
         if pending is None:
             self._pending = {key}
         else:
             pending.add(key)
-        if payload:
+        if data is not None:
             if self._data is None:
                 self._data = {}
-            self._data[key] = (revision, payload)
+            self._data[key] = data
         self._revision = max(self._revision, revision)
         if self._waiter is not None:  # the writer is parked; else it takes this next
             if self._on_ready is None:
@@ -238,7 +272,7 @@ class Watcher:
         """Push every scope once (resume after a disconnect, or a reconnect upstream)."""
         revision = revision or self._broker.next_revision()
         for key in self.keys:
-            self.mark(key, revision, b"")
+            self.mark(key, revision)
 
     def heartbeat(self) -> None:
         self._heartbeat_due = True
@@ -363,9 +397,11 @@ class Broker:
         self._recent: OrderedDict[str, int] = OrderedDict()
         self._recent_bytes = 0
         self._recent_floor = 0
-        # Watchers whose attached writer has something to write, handed over in one
-        # callback per event-loop iteration (a burst in one iteration is one write).
+        # Patterns delivered to, and watchers whose attached writer has something to
+        # write, flushed in one callback per event-loop turn (see `_flush`).
+        self._dirty: list[_Pattern] = []
         self._ready: list[Watcher] = []
+        self._flush_due = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started_at = float("inf")
         self._closed = False
@@ -470,6 +506,10 @@ class Broker:
         ``max_data_bytes`` (else `PayloadTooLargeError`, and nothing is sent); it is set
         as ``_streamData.<key>`` in each tab before the revision changes (for a wildcard
         watcher: ``{"scope": <scope>, "data": data}``).
+
+        This process's watchers are marked in the next event-loop turn, all at once:
+        a burst of invalidations made without yielding costs O(1) each and reaches
+        every stream as one frame.
         """
         await self.invalidate_many((scope,), data=data)
 
@@ -674,7 +714,7 @@ class Broker:
             elif not any(scope_matches(value, seen) for seen in changed):
                 continue
             revision = revision or self.next_revision()
-            watcher.mark(key, revision, b"")
+            watcher.mark(key, revision)
         if unknown:
             self.catch_ups["everything"] += 1
             logger.debug(
@@ -691,28 +731,49 @@ class Broker:
     # -- fan-out (hot path) ----------------------------------------------------------
 
     def _schedule(self, watcher: Watcher) -> None:
-        if not self._ready:
-            asyncio.get_running_loop().call_soon(self._hand_over)
+        """*watcher*'s attached writer has something to write: call it this turn."""
         self._ready.append(watcher)
+        if not self._flush_due:
+            self._flush_due = True
+            asyncio.get_running_loop().call_soon(self._flush)
 
-    def _hand_over(self) -> None:
-        ready, self._ready = self._ready, []
-        for watcher in ready:
-            watcher._queued = False
-            on_ready = watcher._on_ready
-            # A writer woken meanwhile (a heartbeat, a close) takes the change itself.
-            if on_ready is not None and watcher._waiter is not None:
-                on_ready()
+    def _queue(self, entry: _Pattern) -> None:
+        """*entry* was delivered something: mark its watchers this turn."""
+        self._dirty.append(entry)
+        if not self._flush_due:
+            self._flush_due = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """Once per event-loop turn with changes: mark the watchers of every pattern
+        delivered to, then hand what is ready to the parked streams' writers."""
+        try:
+            while self._dirty or self._ready:
+                dirty, self._dirty = self._dirty, []
+                for entry in dirty:
+                    entry.flush()
+                ready, self._ready = self._ready, []
+                for watcher in ready:
+                    watcher._queued = False
+                    on_ready = watcher._on_ready
+                    # A writer woken meanwhile (a heartbeat, a close) takes it itself.
+                    if on_ready is not None and watcher._waiter is not None:
+                        on_ready()
+        finally:
+            self._flush_due = False
 
     def _receive(self, subject: str, payload: bytes) -> None:
         """upstream="all": every invalidation of the prefix."""
         concrete, revision, payload = self._seen(subject, payload)
-        for entry in self._trie.match(subject):
-            cast("_Pattern", entry).deliver(concrete, revision, payload)
+        for match in self._trie.match(subject):
+            entry = cast("_Pattern", match)
+            if entry.deliver(concrete, revision, payload):
+                self._queue(entry)
 
     def _deliver(self, entry: _Pattern, subject: str, payload: bytes) -> None:
         """upstream="watched": an invalidation matching *entry*'s own subscription."""
-        entry.deliver(*self._seen(subject, payload))
+        if entry.deliver(*self._seen(subject, payload)):
+            self._queue(entry)
 
     def _seen(self, subject: str, payload: bytes) -> tuple[str, int, bytes]:
         """An invalidation received: its scope, the revision it gets here (indexed), and

@@ -45,7 +45,7 @@ import contextlib
 import contextvars
 import logging
 from types import CoroutineType
-from typing import TYPE_CHECKING, Any, Final, NoReturn, cast
+from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 from datastar_py.sse import SSE_HEADERS
 
@@ -387,7 +387,7 @@ def _sending(send: Send, message: dict[str, object]) -> Coroutine[Any, Any, None
     kind of awaitable)."""
     awaitable = send(message)  # type: ignore[arg-type]
     if type(awaitable) is CoroutineType:  # not isinstance(Coroutine): an ABC check is slow
-        return cast("Coroutine[Any, Any, None]", awaitable)
+        return awaitable
     return _awaiting(awaitable)
 
 

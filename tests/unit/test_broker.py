@@ -217,6 +217,33 @@ async def test_an_attached_writer_is_called_once_per_loop_turn_while_parked(
         assert f'"a_1":{broker.revision}'.encode() in watcher.take()
 
 
+async def test_a_burst_in_one_turn_marks_each_watcher_once(
+    broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The fan-out's cost per invalidation is O(1); the watchers are marked once per
+    # turn, with the newest revision and the newest payload.
+    marks: list[tuple[str, int]] = []
+    mark = Watcher.mark
+
+    def counting(self: Watcher, key: str, revision: int, data: Any = None) -> None:
+        marks.append((key, revision))
+        mark(self, key, revision, data)
+
+    monkeypatch.setattr(Watcher, "mark", counting)
+    async with contextlib.AsyncExitStack() as stack:
+        watchers = [await stack.enter_async_context(broker.watch(["a:*"])) for _ in range(20)]
+        for number in range(1000):
+            await broker.invalidate(f"a:{number % 7}", data=number if number == 500 else None)
+        assert marks == []
+        await asyncio.sleep(0)
+        assert marks == [("a_WILD", broker.revision)] * 20
+        for watcher in watchers:
+            revision, signals = await next_signals(watcher)
+            assert revision == broker.revision
+            # The last payload of the burst, with the scope that carried it.
+            assert signals["_streamData"] == {"a_WILD": {"scope": "a:3", "data": 500}}
+
+
 async def test_a_cancelled_wait_is_no_longer_parked(broker: Broker) -> None:
     async with broker.watch(["a:1"]) as watcher:
         calls: list[None] = []
@@ -817,6 +844,7 @@ async def test_heartbeats_are_comments_after_the_pending_event(broker: Broker) -
         watcher.heartbeat()
         assert await next_frame(watcher) == b": keep-alive\n\n"
         await broker.invalidate("a:1")
+        await asyncio.sleep(0)  # the watchers of a pattern are marked in the next turn
         watcher.heartbeat()
         events = parse_events(await next_frame(watcher))
     assert [event.event for event in events] == ["datastar-patch-signals", None]

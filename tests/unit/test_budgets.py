@@ -133,6 +133,7 @@ async def test_the_frame_cache_stays_within_its_budget(broker: Broker) -> None:
     async with broker.watch(["item:*"]) as everything, broker.watch(["item:7"]) as seven:
         for number in range(200):
             await broker.invalidate(f"item:{number}", data={"n": number, "blob": blob})
+            await asyncio.sleep(0)  # the watchers are marked in the next turn
             everything.take()
             seven.take()
             assert broker._frame_bytes == frame_cost(broker) <= streamui.broker._FRAME_BUDGET
@@ -155,8 +156,10 @@ async def test_a_frame_larger_than_the_budget_is_kept_alone(
     monkeypatch.setattr(streamui.broker, "_FRAME_BUDGET", 1000)
     async with broker.watch(["a:1"]) as first, broker.watch(["a:1"]) as second:
         await broker.invalidate("a:1")
+        await asyncio.sleep(0)  # the watchers are marked in the next turn
         first.take()
         await broker.invalidate("a:1", data="x" * 2000)
+        await asyncio.sleep(0)
         frame = first.take()
         # The only frame left is the newest, and every stream waking for it shares it.
         assert list(broker._frames.values()) == [frame]
@@ -170,6 +173,7 @@ async def test_equal_keys_and_revision_with_other_payloads_get_their_own_frame(
     # payload from before (payloads persist until taken, a plain invalidation keeps them).
     async with broker.watch(["a:1"]) as took, broker.watch(["a:1"]) as waited:
         await broker.invalidate("a:1", data="first")
+        await asyncio.sleep(0)  # the watchers are marked in the next turn
         took.take()
         await broker.invalidate("a:1")
         revision, signals = await next_signals(took)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import re
 import subprocess
@@ -185,6 +186,7 @@ async def test_broker_invalidate_invalidate_many_and_prefix() -> None:
         async with broker.watch(["invoice:42"]) as watcher:
             await broker.invalidate("invoice:42")
             await broker.invalidate_many(["invoice:42"])
+            await asyncio.sleep(0)  # watchers are marked in the next event-loop turn
             assert watcher.ready
 
 
