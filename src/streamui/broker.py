@@ -160,13 +160,34 @@ class _Pattern:
         self.queued = True
         return True
 
-    def flush(self) -> None:
+    def flush(self, broker: Broker, *, alone: bool) -> None:
         """Mark every watcher with what was delivered since the last flush: a burst of
-        invalidations in one event-loop turn marks each watcher once."""
+        invalidations in one event-loop turn marks each watcher once.
+
+        *alone* (no other pattern has changes this turn): a watcher with nothing else
+        to write is handed this pattern's frame, built once for all of them, by its
+        attached ``write``; only the others are marked (the hot path of a fan-out).
+        """
         self.queued = False
         key, revision, data = self.key, self.revision, self.data
         self.data = None
+        frame = b""
         for watcher in self.watchers:
+            write = watcher._write
+            if (
+                alone
+                and write is not None
+                and watcher._pending is None
+                and watcher._extra is None
+                and not watcher._heartbeat_due
+                and not watcher.closed
+            ):
+                if not frame:
+                    frame = broker._frame((key,), revision, {key: data} if data else None)
+                if write(frame):
+                    if revision > watcher._revision:  # noqa: PLR1730 - a call less, hot path
+                        watcher._revision = revision
+                    continue
             watcher.mark(key, revision, data)
 
 
@@ -181,11 +202,9 @@ class Watcher:
     the writer is busy (a write waiting on a slow client), changes join the next `take`:
     that is the coalescing, and it is why the fan-out costs a set insertion per stream.
 
-    A writer may also `attach` a callback: while the writer is parked in `wait`, a
-    change then calls it once per event-loop iteration (from one broker callback for
-    every such watcher) instead of waking the writer's task, so a delivery costs no
-    task switch. The callback takes and writes; the task wakes only for what the
-    callback leaves to it.
+    A writer may instead `attach` a callback: a change then calls it once per
+    event-loop turn, from one broker callback for every such watcher, so a delivery
+    needs no task of its own (the stream's writer steps its ``send`` right there).
     """
 
     __slots__ = (
@@ -199,6 +218,7 @@ class Watcher:
         "_queued",
         "_revision",
         "_waiter",
+        "_write",
         "closed",
         "keys",
         "opening_id",
@@ -218,6 +238,7 @@ class Watcher:
         self._extra: list[bytes] | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._on_ready: Callable[[], None] | None = None
+        self._write: Callable[[bytes], bool] | None = None
         self._queued = False
         self.closed = False
         self.reconnect_after: int | None = None
@@ -227,21 +248,35 @@ class Watcher:
         from it is pushed at least what this stream was pushed when it started."""
 
     def _wake(self) -> None:
+        if self._on_ready is not None:
+            if not self._queued:
+                self._queued = True
+                broker = self._broker
+                broker._ready.append(self)
+                if not broker._flush_due:
+                    broker._flush_due = True
+                    asyncio.get_running_loop().call_soon(broker._flush)
+            return
         waiter = self._waiter
         if waiter is not None:
             self._waiter = None
             if not waiter.done():
                 waiter.set_result(None)
 
-    def attach(self, on_ready: Callable[[], None] | None) -> None:
-        """Have *on_ready* called (soon, from the broker's batch callback) instead of a
-        wake-up when something changes while the writer is parked in `wait`; None
-        detaches. *on_ready* must not raise."""
-        self._on_ready = on_ready
+    def attach(
+        self,
+        on_ready: Callable[[], None] | None,
+        write: Callable[[bytes], bool] | None = None,
+    ) -> None:
+        """Have *on_ready* called instead of waking `wait` whenever there is something
+        to `take` or the watcher closed: soon, once per event-loop turn, from the
+        broker's one callback for every such watcher. None detaches.
 
-    def wake(self) -> None:
-        """Wake the writer parked in `wait` (an attached callback hands it work)."""
-        self._wake()
+        *write*, if given, is offered a whole frame when one change is all there is
+        to write (it returns False to have it marked instead, e.g. while a write is in
+        flight). Neither may raise."""
+        self._on_ready = on_ready
+        self._write = write if on_ready is not None else None
 
     def mark(self, key: str, revision: int, data: tuple[int, bytes] | None = None) -> None:
         """Record that *key* changed, last at *revision*; called by the broker's fan-out
@@ -261,12 +296,7 @@ class Watcher:
                 self._data = {}
             self._data[key] = data
         self._revision = max(self._revision, revision)
-        if self._waiter is not None:  # the writer is parked; else it takes this next
-            if self._on_ready is None:
-                self._wake()
-            elif not self._queued:
-                self._queued = True
-                self._broker._schedule(self)
+        self._wake()
 
     def mark_all(self, revision: int | None = None) -> None:
         """Push every scope once (resume after a disconnect, or a reconnect upstream)."""
@@ -297,11 +327,6 @@ class Watcher:
         self._wake()
 
     @property
-    def parked(self) -> bool:
-        """True while the writer waits in `wait`."""
-        return self._waiter is not None
-
-    @property
     def ready(self) -> bool:
         """True when `wait` would return at once (something to write, or closed)."""
         return bool(self._pending) or self._heartbeat_due or self.closed or bool(self._extra)
@@ -313,7 +338,7 @@ class Watcher:
             try:
                 await self._waiter
             finally:
-                self._waiter = None  # also when cancelled: no longer parked
+                self._waiter = None  # also when cancelled: nothing left to wake
 
     @property
     def revision(self) -> int:
@@ -730,13 +755,6 @@ class Broker:
 
     # -- fan-out (hot path) ----------------------------------------------------------
 
-    def _schedule(self, watcher: Watcher) -> None:
-        """*watcher*'s attached writer has something to write: call it this turn."""
-        self._ready.append(watcher)
-        if not self._flush_due:
-            self._flush_due = True
-            asyncio.get_running_loop().call_soon(self._flush)
-
     def _queue(self, entry: _Pattern) -> None:
         """*entry* was delivered something: mark its watchers this turn."""
         self._dirty.append(entry)
@@ -746,18 +764,18 @@ class Broker:
 
     def _flush(self) -> None:
         """Once per event-loop turn with changes: mark the watchers of every pattern
-        delivered to, then hand what is ready to the parked streams' writers."""
+        delivered to, then call the attached writers that have something to write."""
         try:
             while self._dirty or self._ready:
                 dirty, self._dirty = self._dirty, []
+                alone = len(dirty) == 1
                 for entry in dirty:
-                    entry.flush()
+                    entry.flush(self, alone=alone)
                 ready, self._ready = self._ready, []
                 for watcher in ready:
                     watcher._queued = False
                     on_ready = watcher._on_ready
-                    # A writer woken meanwhile (a heartbeat, a close) takes it itself.
-                    if on_ready is not None and watcher._waiter is not None:
+                    if on_ready is not None:
                         on_ready()
         finally:
             self._flush_due = False

@@ -43,9 +43,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import heapq
 import logging
+import math
+import weakref
 from types import CoroutineType
-from typing import TYPE_CHECKING, Any, Final, NoReturn
+from typing import TYPE_CHECKING, Any, Final
 
 from datastar_py.sse import SSE_HEADERS
 
@@ -67,18 +70,16 @@ RETRY_MS: Final = 1000
 resets a longer delay that a stream ended by a shutdown may have asked for."""
 
 
-class _ClientLeft(Exception):
-    """The client disconnected while a frame was being written."""
-
-
 class EventStream:
     """ASGI app streaming invalidations of *scopes* from *broker* to one client.
 
     *greeting*, if given, is called with the opening frame's id and what it returns is
     written right after that frame (the Litestar controller uses it to merge a tab's
-    stream tokens). *eager_writes* False writes every frame from the request's task
-    (one task wake-up per delivery), for middleware whose ``send`` must be awaited
-    there.
+    stream tokens). *eager_writes* False writes every frame from a task (one task per
+    delivery), for middleware whose ``send`` must be awaited there. *frame_send*, if
+    given, is called with the ``send`` once the stream has opened and returns the one
+    to write the frames after that with (the Litestar controller leaves out its own
+    exception handlers' wrappers; never a middleware's).
     """
 
     __slots__ = (
@@ -86,6 +87,7 @@ class EventStream:
         "_broker",
         "_clock",
         "_eager",
+        "_frame_send",
         "_greeting",
         "_heartbeat",
         "_max_lifetime",
@@ -113,9 +115,11 @@ class EventStream:
         renew_after: float = 0.0,
         renew_every: float = 0.0,
         eager_writes: bool = True,
+        frame_send: Callable[[Send], Send] | None = None,
     ) -> None:
         self._broker = broker
         self._eager = eager_writes
+        self._frame_send = frame_send
         self._scopes = tuple(scopes)
         self._rendered_at = rendered_at
         self._after = after
@@ -154,80 +158,177 @@ class EventStream:
             await send({"type": "http.response.body", "body": body, "more_body": False})
             return
         try:
-            await self._serve(watcher, receive, send)
+            if not await self._open(watcher, send):
+                return
+            # From here on the request's task only listens: frames are written by the
+            # writer, ticks come from the loop's one wheel. (All in this one frame: it
+            # is what every open stream keeps.)
+            loop = asyncio.get_running_loop()
+            frame_send = send if self._frame_send is None else self._frame_send(send)
+            writer = _Writer(loop, watcher, frame_send, eager=self._eager)
+            clock = _Clock(loop, self, watcher)
+            writer.kick()  # what the catch-up marked before the writer was there
+            try:
+                # An idle stream writes nothing for long stretches, so only this wait
+                # notices a client that left in time to release its subscriptions.
+                # The writer cuts it short when it ends the stream.
+                writer.wait = asyncio.timeout(None)
+                async with writer.wait:
+                    while (await receive())["type"] != "http.disconnect":
+                        pass
+            except TimeoutError:
+                if writer.failure is not None:
+                    await self._report(receive, send, writer.failure)
+            except Exception as error:  # a server that fails receive() once the client left
+                logger.debug("receive() failed, taking the client as gone: %r", error)
+            finally:
+                writer.stop()
+                clock.cancel()
+                watcher.close()
         finally:
             await watch.__aexit__(None, None, None)
 
-    async def _serve(self, watcher: Watcher, receive: Receive, send: Send) -> None:
-        loop = asyncio.get_running_loop()
-        # The server answers receive() with http.disconnect when the client leaves (or
-        # once the response is complete). An idle stream writes nothing for long
-        # stretches, so only this listener notices a client that left in time to
-        # release its subscriptions.
-        listener = loop.create_task(_until_disconnect(receive, watcher))
-        timers: _Timers | None = None
-        eager: _EagerWriter | None = None
-
+    async def _open(self, watcher: Watcher, send: Send) -> bool:
+        """Start the response and write the opening frame; False if that failed."""
         try:
-            await _write(
-                listener,
-                send({"type": "http.response.start", "status": 200, "headers": _HEADERS}),
+            await _opening_write(
+                send({"type": "http.response.start", "status": 200, "headers": _HEADERS})
             )
             opening_id = watcher.opening_id
             opening = f"id: {opening_id}\nretry: {RETRY_MS}\n\n".encode()
             if self._greeting is not None:
                 opening += self._greeting(opening_id)
                 self._greeting = None  # used once: what it holds need not live on
-            await _write(listener, send(_body(opening, more=True)))  # type: ignore[arg-type]
-            timers = _Timers(loop, self, watcher)
-            eager = _EagerWriter(watcher, send) if self._eager else None
-            while True:
-                await watcher.wait()
-                if eager is not None:
-                    await eager.settle(listener)
-                if watcher.closed:
-                    break
-                frame = watcher.take()
-                if frame:
-                    await _write(listener, send(_body(frame, more=True)))  # type: ignore[arg-type]
-            if not listener.done():  # ended by the server: complete the body cleanly
-                last = b""
-                if watcher.reconnect_after is not None:
-                    last = f"retry: {watcher.reconnect_after}\n\n".encode()
-                await _write(listener, send(_body(last, more=False)))  # type: ignore[arg-type]
+            await _opening_write(send(_body(opening, more=True)))  # type: ignore[arg-type]
         except _ClientLeft:
-            pass
+            return False
         except Exception as error:
-            # Not a client that left: a server, middleware or proxy refused the write.
-            # The stream ends (the browser reconnects); the next connection may work.
-            logger.warning(
-                "stream write failed, ending the stream: %s: %s", type(error).__name__, error
-            )
-            # Try to complete the body, so the server closes the response cleanly; if
-            # that fails too, the server closes the connection (and may say so).
-            with contextlib.suppress(Exception):
-                await send(_body(b"", more=False))  # type: ignore[arg-type]
-        finally:
-            watcher.attach(None)
-            if timers is not None:
-                timers.cancel()
-            listener.cancel()
-            watcher.close()
+            await _give_up(send, error)
+            return False
+        return True
+
+    @staticmethod
+    async def _report(receive: Receive, send: Send, error: Exception) -> None:
+        """A write failed: the client left (DEBUG), or else a server, middleware or
+        proxy refused it (WARNING, and the body is completed if it can be)."""
+        if not isinstance(error, OSError):  # ECONNRESET, EPIPE, "client disconnected"
+            # Servers differ in what a write to a closed connection raises; one that
+            # left has its disconnect waiting.
+            try:
+                async with asyncio.timeout(_DISCONNECT_GRACE):
+                    left = (await receive())["type"] == "http.disconnect"
+            except TimeoutError:
+                left = False
+            except Exception:  # a server that fails receive() once the client left
+                left = True
+            if not left:
+                await _give_up(send, error)
+                return
+        logger.debug("stream write failed, the client left: %r", error)
 
 
-class _Timers:
-    """A stream's clock: heartbeats and token renewals share one timer, the maximum
-    lifetime has one, and a renewal in flight is one task. An idle stream holds two
-    timers at most, and nothing else."""
+_DISCONNECT_GRACE: Final = 0.1
+"""Seconds a failed write waits for the disconnect that would say the client left."""
+
+
+class _ClientLeft(Exception):
+    """The client disconnected while a frame was being written."""
+
+
+async def _opening_write(sending: Awaitable[None]) -> None:
+    try:
+        await sending
+    except OSError as error:  # ECONNRESET, EPIPE, a server's "client disconnected"
+        logger.debug("stream write failed, the client left: %r", error)
+        raise _ClientLeft from error
+
+
+async def _give_up(send: Send, error: Exception) -> None:
+    # Not a client that left: a server, middleware or proxy refused the write. The
+    # stream ends (the browser reconnects); the next connection may work.
+    logger.warning("stream write failed, ending the stream: %s: %s", type(error).__name__, error)
+    # Try to complete the body, so the server closes the response cleanly; if that
+    # fails too, the server closes the connection (and may say so).
+    with contextlib.suppress(Exception):
+        await send(_body(b"", more=False))  # type: ignore[arg-type]
+
+
+_RESOLUTION: Final = 0.05
+"""Seconds: the granularity of stream clocks (heartbeats, renewals, lifetimes)."""
+
+
+class _Wheel:
+    """One timer for the clocks of every stream on an event loop: clocks wait in
+    buckets of `_RESOLUTION` seconds, so an open stream holds no timer of its own."""
+
+    __slots__ = ("__weakref__", "_buckets", "_handle", "_loop", "_slots")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._buckets: dict[int, set[_Clock]] = {}
+        self._slots: list[int] = []
+        """The buckets' numbers, as a heap: the first is the next to fire."""
+        self._handle: asyncio.TimerHandle | None = None
+
+    def add(self, clock: _Clock, when: float) -> int:
+        """Tick *clock* at *when* (or up to `_RESOLUTION` later); returns its slot."""
+        slot = math.ceil(when / _RESOLUTION)
+        bucket = self._buckets.get(slot)
+        if bucket is None:
+            bucket = self._buckets[slot] = set()
+            heapq.heappush(self._slots, slot)
+            if self._slots[0] == slot:
+                if self._handle is not None:
+                    self._handle.cancel()
+                self._handle = self._loop.call_at(slot * _RESOLUTION, self._fire)
+        bucket.add(clock)
+        return slot
+
+    def remove(self, clock: _Clock, slot: int) -> None:
+        bucket = self._buckets.get(slot)
+        if bucket is not None:
+            bucket.discard(clock)
+
+    def _fire(self) -> None:
+        self._handle = None
+        now = self._loop.time()
+        due = []
+        slots = self._slots
+        while slots and slots[0] * _RESOLUTION <= now:
+            due.append(self._buckets.pop(heapq.heappop(slots)))
+        for bucket in due:
+            for clock in bucket:
+                try:
+                    clock.tick()
+                except Exception:  # one broken stream must not stop every clock
+                    logger.exception("a stream's clock failed")
+        if slots and self._handle is None:
+            self._handle = self._loop.call_at(slots[0] * _RESOLUTION, self._fire)
+
+
+_wheels: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Wheel] = weakref.WeakKeyDictionary()
+
+
+def _wheel(loop: asyncio.AbstractEventLoop) -> _Wheel:
+    wheel = _wheels.get(loop)
+    if wheel is None:
+        wheel = _wheels[loop] = _Wheel(loop)
+    return wheel
+
+
+class _Clock:
+    """A stream's due times: the next heartbeat, token renewal and the end of its
+    maximum lifetime, ticked by the loop's `_Wheel`."""
 
     __slots__ = (
+        "_ends_at",
         "_heartbeat_at",
-        "_lifetime",
         "_loop",
         "_renew_at",
+        "_slot",
         "_stream",
-        "_tick",
         "_watcher",
+        "_wheel",
         "renewing",
     )
 
@@ -241,28 +342,34 @@ class _Timers:
         now = loop.time()
         self._heartbeat_at = now + stream._heartbeat
         self._renew_at = now + stream._renew_after if stream._renew is not None else None
-        self._tick = loop.call_at(self._next(), self._on_tick)
-        self._lifetime = (
-            loop.call_later(stream._max_lifetime, watcher.close)
-            if stream._max_lifetime is not None
-            else None
-        )
+        self._ends_at = now + stream._max_lifetime if stream._max_lifetime is not None else None
+        self._wheel = _wheel(loop)
+        self._slot: int | None = self._wheel.add(self, self._due())
 
-    def _next(self) -> float:
-        renew_at = self._renew_at
-        return self._heartbeat_at if renew_at is None else min(self._heartbeat_at, renew_at)
+    def _due(self) -> float:
+        due = self._heartbeat_at
+        if self._renew_at is not None:
+            due = min(due, self._renew_at)
+        if self._ends_at is not None:
+            due = min(due, self._ends_at)
+        return due
 
-    def _on_tick(self) -> None:
+    def tick(self) -> None:
         now = self._loop.time()
-        stream = self._stream
-        if now >= self._heartbeat_at:
-            self._watcher.heartbeat()
+        # What is due within the bucket is due now (rounding never leaves it behind).
+        due = now + _RESOLUTION / 2
+        stream, watcher = self._stream, self._watcher
+        if self._ends_at is not None and due >= self._ends_at:
+            self._ends_at = None
+            watcher.close()
+        if due >= self._heartbeat_at:
+            watcher.heartbeat()
             self._heartbeat_at = now + stream._heartbeat
-        if self._renew_at is not None and now >= self._renew_at:
+        if self._renew_at is not None and due >= self._renew_at:
             if self.renewing is None:
                 self.renewing = self._loop.create_task(self._renew())
             self._renew_at = now + stream._renew_every
-        self._tick = self._loop.call_at(self._next(), self._on_tick)
+        self._slot = self._wheel.add(self, self._due())
 
     async def _renew(self) -> None:
         renew = self._stream._renew
@@ -280,106 +387,170 @@ class _Timers:
             self._watcher.push(frame)
 
     def cancel(self) -> None:
-        self._tick.cancel()
-        if self._lifetime is not None:
-            self._lifetime.cancel()
+        if self._slot is not None:
+            self._wheel.remove(self, self._slot)
+            self._slot = None
         if self.renewing is not None:
             self.renewing.cancel()
 
 
-def _body(frame: bytes, *, more: bool) -> dict[str, object]:
-    return {"type": "http.response.body", "body": frame, "more_body": more}
+class _Writer:
+    """Writes a stream's frames whenever its watcher has something (attached to it,
+    it is called from the broker's one callback per event-loop turn).
 
+    With *eager*, it calls the app's ``send`` (the whole middleware chain) and steps
+    the coroutine by hand, in the stream's own context, so a frame travels exactly
+    the path any response body does, in order, on any server. A write that completes
+    in that one step (the common case: the server hands the bytes to the socket) costs
+    no task at all. A write that must wait (flow control, a middleware that awaits) is
+    finished by a task, which then writes what coalesced meanwhile and ends. Without
+    *eager*, every write is made by such a task.
 
-async def _write(listener: asyncio.Task[None], sending: Awaitable[None]) -> None:
-    """Await *sending* (a ``send(...)`` call); raise `_ClientLeft` if it failed because
-    the client left."""
-    try:
-        await sending
-    except Exception as error:
-        _raise_for(listener, error)
-    if listener.done():
-        raise _ClientLeft  # some servers drop writes after a disconnect without a word
-
-
-def _raise_for(listener: asyncio.Task[None], error: Exception) -> NoReturn:
-    """Raise `_ClientLeft` if *error*, raised by a write, means the client left, else
-    *error* itself."""
-    if isinstance(error, OSError):  # ECONNRESET, EPIPE, a server's "client disconnected"
-        logger.debug("stream write failed, the client left: %r", error)
-        raise _ClientLeft from error
-    if listener.done():  # the failure followed a disconnect: the client left
-        logger.debug("stream write failed after the client left: %r", error)
-        raise _ClientLeft from error
-    raise error
-
-
-class _EagerWriter:
-    """Writes a parked stream's frames from the broker's batch callback (the hot path).
-
-    It calls the app's ``send`` (the whole middleware chain) and steps the coroutine by
-    hand, in the stream's own context, so a frame travels exactly the path any
-    response body does, in order, on any server. A write that completes in that one
-    step (the common case: the server hands the bytes to the socket) costs no task
-    switch. A write that must wait (flow control, a middleware that awaits) is handed
-    to the stream's task, which finishes it before anything else; what changes
-    meanwhile coalesces into the task's next frame. A failed write is handed over too,
-    and ends the stream there.
+    When the watcher is closed by the server, it completes the body (with the
+    ``retry:`` delay the broker chose) and ends the request's wait; a failed write
+    ends it too, and is reported there.
     """
 
-    __slots__ = ("_context", "_send", "_watcher", "failure", "suspended")
+    __slots__ = (
+        "_context",
+        "_eager",
+        "_loop",
+        "_send",
+        "_watcher",
+        "done",
+        "failure",
+        "task",
+        "wait",
+    )
 
-    def __init__(self, watcher: Watcher, send: Send) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, watcher: Watcher, send: Send, *, eager: bool
+    ) -> None:
+        self._loop = loop
         self._watcher = watcher
         self._send = send
+        self._eager = eager
         self._context = contextvars.copy_context()
-        self.suspended: tuple[Coroutine[Any, Any, None], Any] | None = None
-        """A write that must wait: its coroutine and what it waits on."""
+        self.task: asyncio.Task[None] | None = None
+        """A write that must wait, and those after it."""
+        self.done = False
         self.failure: Exception | None = None
-        watcher.attach(self)
+        self.wait: asyncio.Timeout | None = None
+        """The request's wait, cut short when the writer ends the stream."""
+        watcher.attach(self.kick, self.write)
 
-    def __call__(self) -> None:
+    def kick(self) -> None:
+        if self.task is not None or self.done:
+            return  # a write in flight writes what is pending when it finishes
+        frame, more = self._next()
+        if frame is not None:
+            self.write(frame, more=more)
+
+    def write(self, frame: bytes, *, more: bool = True) -> bool:
+        """Write *frame* now, unless a write is in flight (then False: mark it)."""
+        if self.task is not None or self.done:
+            return False
+        message = {"type": "http.response.body", "body": frame, "more_body": more}
+        started: tuple[Coroutine[Any, Any, None], Any] | None = None
+        if self._eager:
+            try:
+                started = self._context.run(_first_step, self._send, message)
+            except Exception as error:
+                self._end(error)
+                return True
+            if started is None:  # written
+                if not more:
+                    self._end()
+                return True
+        self.task = self._loop.create_task(
+            self._finish(started, message, more), context=self._context
+        )
+        return True
+
+    def _next(self) -> tuple[bytes | None, bool]:
+        """The next frame, and whether the body goes on after it."""
         watcher = self._watcher
-        frame = watcher.take()
-        if not frame:
-            return
-        coroutine = _sending(self._send, _body(frame, more=True))
+        if watcher.closed:  # ended by the server: complete the body cleanly
+            last = b""
+            if watcher.reconnect_after is not None:
+                last = f"retry: {watcher.reconnect_after}\n\n".encode()
+            return last, False
+        return watcher.take() or None, True
+
+    async def _finish(
+        self,
+        started: tuple[Coroutine[Any, Any, None], Any] | None,
+        message: dict[str, object],
+        more: bool,
+    ) -> None:
+        """Drive a write to its end (*started*: stepped by hand until it waited), then
+        write what is ready, as the stream's own task would have."""
         try:
-            awaiting = self._context.run(coroutine.send, None)
-        except StopIteration:
-            return
+            if started is None:
+                await _sending(self._send, message)
+            else:
+                await _resume(*started)
+            while more:
+                frame, more = self._next()
+                if frame is None:
+                    break
+                await _sending(self._send, _body(frame, more=more))
         except Exception as error:
-            self.failure = error
-            watcher.attach(None)
-        else:
-            self.suspended = (coroutine, awaiting)
-        watcher.wake()
+            self.task = None
+            self._end(error)
+            return
+        self.task = None
+        if not more:
+            self._end()
 
-    async def settle(self, listener: asyncio.Task[None]) -> None:
-        """In the stream's task: finish a write handed over, or raise its failure."""
-        if self.suspended is not None:
-            await _write(listener, self._finish())
-        if self.failure is not None:
-            _raise_for(listener, self.failure)
+    def _end(self, failure: Exception | None = None) -> None:
+        """The body is complete, or a write failed: stop writing, end the request's wait."""
+        self.done = True
+        self.failure = failure
+        self._watcher.attach(None)
+        wait, self.wait = self.wait, None
+        if wait is not None:
+            wait.reschedule(self._loop.time())
 
-    async def _finish(self) -> None:
-        """Drive the suspended write to its end, as a task would have."""
-        assert self.suspended is not None
-        (coroutine, awaiting), self.suspended = self.suspended, None
-        try:
-            while True:
-                if awaiting is None:  # a bare yield: give the loop one turn
-                    await asyncio.sleep(0)
-                else:  # a future: wait for it without cancelling it if we are cancelled
-                    awaiting._asyncio_future_blocking = False
-                    await asyncio.wait((awaiting,))
-                try:
-                    awaiting = self._context.run(coroutine.send, None)
-                except StopIteration:
-                    return
-        except BaseException:
-            coroutine.close()
-            raise
+    def stop(self) -> None:
+        """No more writes; cancel one in flight (the client left, or the request ends)."""
+        self.done = True
+        self._watcher.attach(None)
+        if self.task is not None:
+            self.task.cancel()
+
+
+async def _resume(coroutine: Coroutine[Any, Any, None], awaiting: Any) -> None:
+    """Drive *coroutine*, stepped by hand until it yielded *awaiting*, to its end."""
+    try:
+        while True:
+            if awaiting is None:  # a bare yield: give the loop one turn
+                await asyncio.sleep(0)
+            else:  # a future: wait for it without cancelling it if we are cancelled
+                awaiting._asyncio_future_blocking = False
+                await asyncio.wait((awaiting,))
+            try:
+                awaiting = coroutine.send(None)
+            except StopIteration:
+                return
+    except BaseException:
+        coroutine.close()
+        raise
+
+
+def _first_step(
+    send: Send, message: dict[str, object]
+) -> tuple[Coroutine[Any, Any, None], Any] | None:
+    """Call ``send(message)`` and step it once: None if that wrote it, else the
+    coroutine and what it waits on."""
+    coroutine = send(message)  # type: ignore[arg-type]
+    if type(coroutine) is not CoroutineType:  # (not isinstance: an ABC check is slow)
+        coroutine = _awaiting(coroutine)
+    try:
+        awaiting = coroutine.send(None)
+    except StopIteration:
+        return None
+    return coroutine, awaiting
 
 
 def _sending(send: Send, message: dict[str, object]) -> Coroutine[Any, Any, None]:
@@ -395,11 +566,5 @@ async def _awaiting(awaitable: Awaitable[None]) -> None:
     await awaitable
 
 
-async def _until_disconnect(receive: Receive, watcher: Watcher) -> None:
-    """Return once the client left; closing the watcher wakes the writer."""
-    try:
-        while (await receive())["type"] != "http.disconnect":
-            pass
-    except Exception as error:  # a server that fails receive() once the client is gone
-        logger.debug("receive() failed, taking the client as gone: %r", error)
-    watcher.close()
+def _body(frame: bytes, *, more: bool) -> dict[str, object]:
+    return {"type": "http.response.body", "body": frame, "more_body": more}

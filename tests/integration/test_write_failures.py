@@ -24,7 +24,7 @@ from htpy import body, div
 from litestar import Litestar, MediaType, get
 
 from streamui import Connect, Watch
-from streamui.litestar import StreamConfig, StreamPlugin
+from streamui.litestar import StreamConfig, StreamPlugin, past_exception_capture
 from tests.integration.conftest import RecordingHandler
 from tests.support import WAIT, SSEReader, revision_of, serve
 
@@ -249,3 +249,56 @@ async def test_every_frame_is_written_in_the_context_of_its_stream_request(
                 await reader.next_event()
     assert seen == [f"/streamui/stream?{url[-8:]}"] * 2
     await wait_released(plugin)
+
+
+# -- the frames' send: Litestar's own wrappers left out, a middleware's never -----------
+
+
+def app_recording_send(*middleware: Callable[[ASGIApp], ASGIApp]) -> tuple[Litestar, list[Send]]:
+    given: list[Send] = []
+
+    async def recorder(scope: Scope, receive: Receive, send: Send) -> None:
+        given.append(send)
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    @get("/stream")
+    async def stream() -> ASGIApp:
+        return recorder
+
+    return Litestar([stream], middleware=list(middleware)), given
+
+
+async def call(app: Litestar, server_send: Send) -> None:
+    async def receive() -> Any:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    scope: Any = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+        "scheme": "http", "path": "/stream", "raw_path": b"/stream", "root_path": "",
+        "query_string": b"", "headers": [], "client": None, "server": None,
+    }  # fmt: skip
+    await app(scope, receive, server_send)
+
+
+async def test_frames_skip_litestar_exception_wrappers_and_nothing_else() -> None:
+    async def server_send(message: Message) -> None:
+        pass
+
+    bare, given = app_recording_send()
+    await call(bare, server_send)
+    (send,) = given
+    assert send is not server_send  # Litestar wrapped it ...
+    assert past_exception_capture(send) is server_send  # ... only to note the start
+
+    wrapped, given = app_recording_send(wrapping_middleware(lambda m, s: s(m)))
+    await call(wrapped, server_send)
+    (send,) = given
+    # The middleware's send, not past it: the app's middleware sees every frame.
+    unwrapped = past_exception_capture(send)
+    assert unwrapped is not server_send
+    assert (
+        unwrapped.__qualname__
+        == "wrapping_middleware.<locals>.middleware.<locals>.call.<locals>.wrapped"
+    )
+    assert past_exception_capture(server_send) is server_send

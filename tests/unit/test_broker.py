@@ -187,15 +187,10 @@ async def test_invalidations_before_a_take_coalesce_into_one_frame(broker: Broke
         assert watcher.take() == b""
 
 
-async def test_an_attached_writer_is_called_once_per_loop_turn_while_parked(
-    broker: Broker,
-) -> None:
+async def test_an_attached_writer_is_called_once_per_loop_turn(broker: Broker) -> None:
     async with broker.watch(["a:1", "b:1"]) as watcher:
         frames: list[bytes] = []
         watcher.attach(lambda: frames.append(watcher.take()))
-        parked = asyncio.ensure_future(watcher.wait())
-        await asyncio.sleep(0)
-        assert watcher.parked
         # A burst in one loop turn: one call, one frame with the last revision.
         for value in ("a:1", "b:1", "a:1"):
             await broker.invalidate(value)
@@ -204,17 +199,19 @@ async def test_an_attached_writer_is_called_once_per_loop_turn_while_parked(
         assert len(frames) == 1
         revision = broker.revision
         assert f'"a_1":{revision},"b_1":{revision}'.encode() in frames[0]
-        # The writer stayed parked: nothing woke it.
-        assert not parked.done()
-        # Woken (a heartbeat), it is no longer parked: a change waits for its own take.
+        # A heartbeat and a close call it too (the writer ends the body).
         watcher.heartbeat()
-        await parked
-        assert not watcher.parked
+        await asyncio.sleep(0)
+        assert frames[1] == b": keep-alive\n\n"
+        watcher.close()
+        await asyncio.sleep(0)
+        assert len(frames) == 3
+        # Detached, changes wait for a take.
+        watcher.attach(None)
         await broker.invalidate("a:1")
         await asyncio.sleep(0)
-        assert len(frames) == 1
+        assert len(frames) == 3
         assert watcher.ready
-        assert f'"a_1":{broker.revision}'.encode() in watcher.take()
 
 
 async def test_a_burst_in_one_turn_marks_each_watcher_once(
@@ -244,19 +241,17 @@ async def test_a_burst_in_one_turn_marks_each_watcher_once(
             assert signals["_streamData"] == {"a_WILD": {"scope": "a:3", "data": 500}}
 
 
-async def test_a_cancelled_wait_is_no_longer_parked(broker: Broker) -> None:
+async def test_a_cancelled_wait_leaves_nothing_to_wake(broker: Broker) -> None:
     async with broker.watch(["a:1"]) as watcher:
-        calls: list[None] = []
-        watcher.attach(lambda: calls.append(None))
-        parked = asyncio.ensure_future(watcher.wait())
+        waiting = asyncio.ensure_future(watcher.wait())
         await asyncio.sleep(0)
-        parked.cancel()
+        waiting.cancel()
         with pytest.raises(asyncio.CancelledError):
-            await parked
-        assert not watcher.parked
+            await waiting
+        assert watcher._waiter is None
         await broker.invalidate("a:1")
-        await asyncio.sleep(0)
-        assert calls == []
+        revision, _ = await next_signals(watcher)
+        assert revision == broker.revision
 
 
 async def test_data_is_set_under_stream_data(broker: Broker) -> None:
