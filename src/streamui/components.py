@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import threading
@@ -56,7 +57,8 @@ from collections import Counter
 from collections.abc import Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final
+from json.encoder import encode_basestring_ascii
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from datastar_py import ServerSentEventGenerator
 from datastar_py.attributes import JSExpression, action_generator
@@ -201,10 +203,12 @@ def _register(scopes: Iterable[str]) -> None:
     registry = _registry.get()
     # A registry inherited from another task (e.g. the parent of asyncio.gather) belongs
     # to another render: start our own so concurrent pages never mix.
-    if registry is None or not registry.serves(owner):
+    if registry is None or (registry.owner is not owner and not registry.serves(owner)):
         registry = _Registry(owner)
         _registry.set(registry)
-    registry.scopes.update(dict.fromkeys(scopes))
+    registered = registry.scopes
+    for value in scopes:
+        registered[value] = None
 
 
 def _consume() -> tuple[list[str], float]:
@@ -222,7 +226,45 @@ def _normalize(scopes: str | Iterable[str]) -> tuple[str, ...]:
     values = (scopes,) if isinstance(scopes, str) else tuple(scopes)
     if not values:
         raise ValueError("at least one scope is required")
-    return tuple(dict.fromkeys(validate_scope(value) for value in values))
+    return tuple(dict.fromkeys(_checked(value) for value in values))
+
+
+# -- caches of the per-scope work ----------------------------------------------------------
+#
+# Rendering a Watch is pure string work on its scopes (validation, keys, the signals JSON,
+# the escaped attributes), and a page repeats the same few scopes over and over, so that
+# work is cached. Every cache is bounded (count and size of an entry) and only ever holds
+# successes: lru_cache does not remember a call that raised, so a bad scope raises again
+# at every call, with the same error. Only exact `str` scopes are cached (a str subclass
+# may compare or hash differently), the others take the uncached path that computes the
+# same thing.
+
+_SCOPE_CACHE_SIZE: Final = 1024
+"""Scopes whose key is cached: < 1 kB an entry (a scope has at most 256 characters, its
+key at most 513), so < 1 MB in all."""
+_WATCH_CACHE_SIZE: Final = 512
+_WATCH_CACHE_SCOPES: Final = 16
+_WATCH_CACHE_CHARACTERS: Final = 256
+"""Scope lists whose Watch attributes are cached: only lists of at most 16 scopes and 256
+characters in all, so < 6 kB an entry and < 3 MB in all (~0.8 kB an entry typically)."""
+
+
+@functools.lru_cache(maxsize=_SCOPE_CACHE_SIZE)
+def _scope_parts(value: str) -> tuple[str, bool]:
+    """``(scope_key(value), is_pattern(value))`` of a str; raises for an invalid scope."""
+    return scope_key(value), is_pattern(value)
+
+
+def _checked(value: object) -> str:
+    """`validate_scope`, through the cache for a str (the same result, the same errors)."""
+    if type(value) is str:
+        _scope_parts(value)
+        return value
+    return validate_scope(value)
+
+
+def _parts(value: str) -> tuple[str, bool]:
+    return _scope_parts(value) if type(value) is str else (scope_key(value), is_pattern(value))
 
 
 # -- attributes and expressions ----------------------------------------------------------
@@ -233,7 +275,28 @@ def _js_string(text: str) -> str:
     # json.dumps escapes quotes, backslashes, control and non-ASCII characters (so also
     # U+2028/9); '@' and '$' are escaped too because Datastar rewrites '@name(' and
     # '$name' before evaluating, even inside string literals.
-    return json.dumps(text).replace("@", "\\u0040").replace("$", "\\u0024")
+    # (encode_basestring_ascii is what json.dumps does for a str, without its overhead.)
+    return encode_basestring_ascii(text).replace("@", "\\u0040").replace("$", "\\u0024")
+
+
+def _escape(text: str) -> str:
+    """What htpy renders an attribute value *text* as: ``markupsafe.escape(text)``, as a
+    plain str (a Markup would escape whatever is added to it)."""
+    return (
+        text.replace("&", "&amp;")
+        .replace(">", "&gt;")
+        .replace("<", "&lt;")
+        .replace("'", "&#39;")
+        .replace('"', "&#34;")
+    )
+
+
+def _signals(values: Iterable[str]) -> dict[str, Any]:
+    parts = [_parts(value) for value in values]
+    return {
+        SIGNAL_NAMESPACE: {key: 0 for key, _ in parts},
+        DATA_NAMESPACE: {key: {} if pattern else "" for key, pattern in parts},
+    }
 
 
 def scope_signals(*scopes: str) -> dict[str, Any]:
@@ -248,25 +311,84 @@ def scope_signals(*scopes: str) -> dict[str, Any]:
     is not an object by ``{}`` (so ``{}`` would wipe a number or string pushed earlier),
     and an object shown as text (``data-text="$_streamData.invoice_42"``) throws.
     """
-    values = _normalize(scopes)
-    return {
-        SIGNAL_NAMESPACE: {scope_key(value): 0 for value in values},
-        DATA_NAMESPACE: {scope_key(value): {} if is_pattern(value) else "" for value in values},
-    }
+    return _signals(_normalize(scopes))
+
+
+# The effect is `<head><@get((<url literal>))><tail>`: only the URL literal differs
+# between the Watch elements of one scope list. Datastar's builder is asked once for how
+# it wraps an expression (it adds nothing that depends on the expression).
+_GET_PROBE: Final = '"/"'
+_GET_HEAD, _, _GET_TAIL = action_generator.get(JSExpression(_GET_PROBE)).partition(_GET_PROBE)
+_EFFECT_TAIL: Final = f"{_GET_TAIL}; el.streamuiSeen = seen"
+_SIGNALS_ATTRIBUTE: Final = "data-signals__ifmissing"
+_EFFECT_ATTRIBUTE: Final = "data-effect"
+_ATTRIBUTES_TAIL: Final = f'{_escape(_EFFECT_TAIL)}"'
+
+
+class _Watched(NamedTuple):
+    """What every Watch of one scope list shares (built once per list, then cached)."""
+
+    scopes: tuple[str, ...]
+    """The scopes, validated and without duplicates."""
+    signals: str
+    """The ``data-signals__ifmissing`` value (`scope_signals` as JSON)."""
+    effect_head: str
+    """The ``data-effect`` value up to the URL literal."""
+    attributes_head: str
+    """Both attributes as HTML, escaped, up to the URL literal of the effect."""
+
+
+def _watched_for(values: tuple[str, ...]) -> _Watched:
+    """Build the shared part of a Watch of *values* (validated, without duplicates)."""
+    keys = [key for key, _ in map(_parts, values)]
+    reads = ", ".join(f"${SIGNAL_NAMESPACE}.{key}" for key in keys)
+    signals = _signals_json(_signals(values))
+    effect_head = (
+        f"let seen = [{reads}].join(); "
+        f"if (el.streamuiSeen !== undefined && el.streamuiSeen !== seen) {_GET_HEAD}"
+    )
+    # What htpy renders for these two attributes (it escapes their values).
+    attributes_head = (
+        f' {_SIGNALS_ATTRIBUTE}="{_escape(signals)}" {_EFFECT_ATTRIBUTE}="{_escape(effect_head)}'
+    )
+    return _Watched(values, signals, effect_head, attributes_head)
+
+
+@functools.lru_cache(maxsize=_WATCH_CACHE_SIZE)
+def _cached_watched(scopes: str | tuple[str, ...]) -> _Watched:
+    return _watched_for(_normalize(scopes))
+
+
+def _watched(scopes: str | Iterable[str]) -> _Watched:
+    """The shared part of a Watch of *scopes*; raises as `_normalize` does."""
+    if type(scopes) is str:
+        if len(scopes) <= _WATCH_CACHE_CHARACTERS:
+            return _cached_watched(scopes)
+        return _watched_for(_normalize(scopes))
+    values = (scopes,) if isinstance(scopes, str) else tuple(scopes)
+    if (
+        0 < len(values) <= _WATCH_CACHE_SCOPES
+        and all(type(value) is str for value in values)
+        and sum(map(len, values)) <= _WATCH_CACHE_CHARACTERS
+    ):
+        return _cached_watched(values)
+    return _watched_for(_normalize(values))
+
+
+def _url_literal(url: str) -> str:
+    if not isinstance(url, str) or not url.strip():
+        raise ValueError(f"watch_effect needs a non-empty url, got {url!r}")
+    return _js_string(url)
+
+
+def _effect(watched: _Watched, literal: str) -> str:
+    return f"{watched.effect_head}{literal}{_EFFECT_TAIL}"
 
 
 def watch_effect(scopes: str | Sequence[str], url: str) -> str:
     """The ``data-effect`` expression that re-fetches *url* when any scope changes."""
-    values = _normalize(scopes)
-    if not isinstance(url, str) or not url.strip():
-        raise ValueError(f"watch_effect needs a non-empty url, got {url!r}")
-    reads = ", ".join(f"${SIGNAL_NAMESPACE}.{scope_key(value)}" for value in values)
-    return (
-        f"let seen = [{reads}].join(); "
-        f"if (el.streamuiSeen !== undefined && el.streamuiSeen !== seen) "
-        f"{action_generator.get(JSExpression(_js_string(url)))}; "
-        "el.streamuiSeen = seen"
-    )
+    watched = _watched(scopes)
+    return _effect(watched, _url_literal(url))
 
 
 def _signals_json(signals: Mapping[str, Any]) -> str:
@@ -280,46 +402,53 @@ def watch_attrs(scopes: str | Sequence[str], url: str) -> dict[str, str]:
     would turn the ``__`` of Datastar's modifiers into ``--``. Registers the scopes when
     called, so call it while rendering (inside the component).
     """
-    values = _normalize(scopes)
-    attrs = _watch_attributes(values, url)
-    _register(values)
-    return attrs
-
-
-def _watch_attributes(scopes: tuple[str, ...], url: str) -> dict[str, str]:
-    return {
-        "data-signals__ifmissing": _signals_json(scope_signals(*scopes)),
-        "data-effect": watch_effect(scopes, url),
+    watched = _watched(scopes)
+    attrs = {
+        _SIGNALS_ATTRIBUTE: watched.signals,
+        _EFFECT_ATTRIBUTE: _effect(watched, _url_literal(url)),
     }
+    _register(watched.scopes)
+    return attrs
 
 
 class _WatchElement(Element):
     """An htpy element that registers its scopes each time it is rendered.
 
     Calling it with attributes (htpy's way to set them) keeps the watch attributes.
+
+    Its own slots are set by whoever makes one (`_watch_element`, `_adopt`): htpy builds
+    elements of this class only in the `__getitem__` and `__call__` that this class
+    overrides, so no ``__init__`` of its own runs for every element.
     """
 
-    __slots__ = ("_scopes", "_watch")
+    __slots__ = ("_literal", "_scopes", "_watched")
 
-    def __init__(
-        self,
-        name: str,
-        attrs_str: str = "",
-        children: Node = None,
-        scopes: tuple[str, ...] = (),
-        watch: Mapping[str, str] | None = None,
-    ) -> None:
-        super().__init__(name, attrs_str, children)
-        self._scopes = scopes
-        self._watch: Mapping[str, str] = watch or {}
+    _scopes: tuple[str, ...]
+    _watched: _Watched | None
+    _literal: str
+
+    @property
+    def _watch(self) -> dict[str, str]:
+        """The watch attributes (built when asked: only a call needs them)."""
+        if self._watched is None:
+            return {}
+        return {
+            _SIGNALS_ATTRIBUTE: self._watched.signals,
+            _EFFECT_ATTRIBUTE: _effect(self._watched, self._literal),
+        }
 
     def _adopt(self, element: _WatchElement) -> _WatchElement:
         element._scopes = self._scopes
-        element._watch = self._watch
+        element._watched = self._watched
+        element._literal = self._literal
         return element
 
     def __getitem__(self, children: Node) -> _WatchElement:
-        return self._adopt(super().__getitem__(children))
+        element = super().__getitem__(children)
+        element._scopes = self._scopes
+        element._watched = self._watched
+        element._literal = self._literal
+        return element
 
     def __call__(self, /, *args: Any, **kwargs: Attribute) -> _WatchElement:
         # htpy replaces all attributes on a call; put the watch attributes back first
@@ -342,6 +471,40 @@ class _WatchElement(Element):
             yield chunk
 
 
+def _watch_element(
+    tag: str, attributes: str, watched: _Watched | None, literal: str
+) -> _WatchElement:
+    element = _WatchElement(tag, attributes)
+    element._scopes = watched.scopes if watched is not None else ()
+    element._watched = watched
+    element._literal = literal
+    return element
+
+
+def _plain_attributes(attrs: Mapping[str, object]) -> str | None:
+    """What htpy renders for keyword *attrs* that need none of its rules, else None.
+
+    That is: every name is ASCII letters and digits other than ``class`` (htpy keeps
+    such a name as it is), and every value a str, an int, True, False or None. Anything
+    else (``class_``, ``data_x``, Markup, …) is left to htpy.
+    """
+    rendered = ""
+    for name, value in attrs.items():
+        if not (name.isascii() and name.isalnum()) or name == "class":
+            return None
+        if value is None or value is False:
+            continue
+        if value is True:
+            rendered += f" {name}"
+        elif type(value) is str:
+            rendered += f' {name}="{_escape(value)}"'
+        elif type(value) is int:
+            rendered += f' {name}="{value}"'
+        else:
+            return None
+    return rendered
+
+
 def Watch(
     scopes: str | Sequence[str],
     url: str,
@@ -354,10 +517,29 @@ def Watch(
     *url* must answer with HTML whose root element has the same ``id`` as this wrapper
     (give it ``id=...``), typically the same component rendered again.
     """
-    values = _normalize(scopes)
+    watched = _watched(scopes)
     if not tag.isalnum() or not tag.islower():
         raise ValueError(f"invalid tag name {tag!r}")
-    return _WatchElement(tag, scopes=values, watch=_watch_attributes(values, url))(**attrs)
+    literal = _url_literal(url)
+    # htpy renders the watch attributes first, then *attrs*, each escaped on its own. The
+    # watch attributes come escaped from the cache (only the URL literal is escaped here).
+    plain = _plain_attributes(attrs) if attrs else ""
+    if plain is not None:
+        attributes = f"{watched.attributes_head}{_escape(literal)}{_ATTRIBUTES_TAIL}{plain}"
+        return _watch_element(tag, attributes, watched, literal)
+    if "data_effect" in attrs or "data-effect" in attrs:
+        # htpy names a keyword attribute by turning "_" into "-" (and dropping a trailing
+        # "_" after a Python keyword), so these two, and only these, replace the effect:
+        # let htpy merge them with the watch attributes, as it always did.
+        return _watch_element(tag, "", watched, literal)(**attrs)
+    # Other attributes: htpy renders (and checks) them as it always did, after the watch
+    # attributes (a call renders the attributes given to it, alone).
+    bare = _watch_element(tag, "", watched, literal)
+    element = bare._adopt(Element.__call__(bare, **attrs))
+    element._attrs = (
+        f"{watched.attributes_head}{_escape(literal)}{_ATTRIBUTES_TAIL}{element._attrs}"
+    )
+    return element
 
 
 # -- connecting the page to its stream ---------------------------------------------------
@@ -463,6 +645,25 @@ def _check_scope_count(scopes: Sequence[str], endpoint: StreamEndpoint, what: st
     )
 
 
+def _stream_get(stream_path: str) -> str:
+    """The ``@get`` that opens the stream at *stream_path* with every token of the tab."""
+    url = (
+        f"{_js_string(stream_path + '?')} + Object.values(${TOKENS_NAMESPACE})"
+        ".map((token) => 't=' + token).join('&')"
+    )
+    return action_generator.get(
+        JSExpression(url),
+        retry="always",
+        retry_max_count=_RETRY_MAX_COUNT,
+        include_signals="^$",
+    )
+
+
+_STREAM_GET_CACHE_CHARACTERS: Final = 512
+_cached_stream_get = functools.lru_cache(maxsize=32)(_stream_get)
+"""`_stream_get` for the few paths an app has (of at most 512 characters)."""
+
+
 def Connect(
     path: str | None = None, *, endpoint: StreamEndpoint | None = None, joinable: bool = True
 ) -> _LazyComponent:
@@ -487,15 +688,10 @@ def Connect(
         chosen = _current_endpoint(endpoint)
         _check_scope_count(scopes, chosen, "this page")
         stream_path = path or chosen.path
-        url = (
-            f"{_js_string(stream_path + '?')} + Object.values(${TOKENS_NAMESPACE})"
-            ".map((token) => 't=' + token).join('&')"
-        )
-        get = action_generator.get(
-            JSExpression(url),
-            retry="always",
-            retry_max_count=_RETRY_MAX_COUNT,
-            include_signals="^$",
+        get = (
+            _cached_stream_get(stream_path)
+            if type(stream_path) is str and len(stream_path) <= _STREAM_GET_CACHE_CHARACTERS
+            else _stream_get(stream_path)
         )
         if scopes:
             signals = _signals_json(
