@@ -51,7 +51,7 @@ import reprlib
 import secrets
 import time
 from collections import Counter, OrderedDict
-from typing import TYPE_CHECKING, Final, Literal, TypeAlias, cast
+from typing import TYPE_CHECKING, Final, Literal, Protocol, TypeAlias, cast
 
 from datastar_py import ServerSentEventGenerator
 
@@ -71,7 +71,7 @@ from streamui.transports import InProcessTransport, SubjectTrie, Subscription, T
 
 if TYPE_CHECKING:
     import concurrent.futures
-    from collections.abc import Callable, Iterable
+    from collections.abc import Iterable
     from types import TracebackType
     from typing import Self
 
@@ -109,6 +109,17 @@ _MIN_RECONNECT: Final = 1.0
 
 def _now() -> float:
     return time.time()
+
+
+class StreamWriter(Protocol):
+    """What `Watcher.attach` takes: the stream's writer (see `streamui.stream`)."""
+
+    def kick(self) -> None:
+        """Write what the watcher has ready (`Watcher.take`), or complete the body if
+        it was closed."""
+
+    def write(self, frame: bytes) -> bool:
+        """Write *frame* now; False if it cannot (a write is in flight)."""
 
 
 class _Pattern:
@@ -173,10 +184,10 @@ class _Pattern:
         self.data = None
         frame = b""
         for watcher in self.watchers:
-            write = watcher._write
+            writer = watcher._writer
             if (
                 alone
-                and write is not None
+                and writer is not None
                 and watcher._pending is None
                 and watcher._extra is None
                 and not watcher._heartbeat_due
@@ -184,7 +195,7 @@ class _Pattern:
             ):
                 if not frame:
                     frame = broker._frame((key,), revision, {key: data} if data else None)
-                if write(frame):
+                if writer.write(frame):
                     if revision > watcher._revision:  # noqa: PLR1730 - a call less, hot path
                         watcher._revision = revision
                     continue
@@ -213,12 +224,11 @@ class Watcher:
         "_data",
         "_extra",
         "_heartbeat_due",
-        "_on_ready",
         "_pending",
         "_queued",
         "_revision",
         "_waiter",
-        "_write",
+        "_writer",
         "closed",
         "keys",
         "opening_id",
@@ -237,8 +247,7 @@ class Watcher:
         self._heartbeat_due = False
         self._extra: list[bytes] | None = None
         self._waiter: asyncio.Future[None] | None = None
-        self._on_ready: Callable[[], None] | None = None
-        self._write: Callable[[bytes], bool] | None = None
+        self._writer: StreamWriter | None = None
         self._queued = False
         self.closed = False
         self.reconnect_after: int | None = None
@@ -248,7 +257,7 @@ class Watcher:
         from it is pushed at least what this stream was pushed when it started."""
 
     def _wake(self) -> None:
-        if self._on_ready is not None:
+        if self._writer is not None:
             if not self._queued:
                 self._queued = True
                 broker = self._broker
@@ -263,20 +272,13 @@ class Watcher:
             if not waiter.done():
                 waiter.set_result(None)
 
-    def attach(
-        self,
-        on_ready: Callable[[], None] | None,
-        write: Callable[[bytes], bool] | None = None,
-    ) -> None:
-        """Have *on_ready* called instead of waking `wait` whenever there is something
-        to `take` or the watcher closed: soon, once per event-loop turn, from the
-        broker's one callback for every such watcher. None detaches.
-
-        *write*, if given, is offered a whole frame when one change is all there is
-        to write (it returns False to have it marked instead, e.g. while a write is in
-        flight). Neither may raise."""
-        self._on_ready = on_ready
-        self._write = write if on_ready is not None else None
+    def attach(self, writer: StreamWriter | None) -> None:
+        """Have *writer* called instead of waking `wait`: its ``kick()`` whenever there
+        is something to `take` or the watcher closed (soon, once per event-loop turn,
+        from the broker's one callback for every such watcher), and its
+        ``write(frame)`` with a whole frame when one change is all there is to write
+        (False has it marked instead). None detaches. Neither may raise."""
+        self._writer = writer
 
     def mark(self, key: str, revision: int, data: tuple[int, bytes] | None = None) -> None:
         """Record that *key* changed, last at *revision*; called by the broker's fan-out
@@ -774,9 +776,9 @@ class Broker:
                 ready, self._ready = self._ready, []
                 for watcher in ready:
                     watcher._queued = False
-                    on_ready = watcher._on_ready
-                    if on_ready is not None:
-                        on_ready()
+                    writer = watcher._writer
+                    if writer is not None:
+                        writer.kick()
         finally:
             self._flush_due = False
 

@@ -140,6 +140,7 @@ class EventStream:
             resume=self._resume,
             clock=self._clock,
         )
+        self._after = None  # (the watch has it: what a stream keeps, it keeps for hours)
         try:
             watcher = await watch.__aenter__()
         except Exception as error:
@@ -437,7 +438,7 @@ class _Writer:
         self.failure: Exception | None = None
         self.wait: asyncio.Timeout | None = None
         """The request's wait, cut short when the writer ends the stream."""
-        watcher.attach(self.kick, self.write)
+        watcher.attach(self)
 
     def kick(self) -> None:
         if self.task is not None or self.done:

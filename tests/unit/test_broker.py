@@ -190,7 +190,16 @@ async def test_invalidations_before_a_take_coalesce_into_one_frame(broker: Broke
 async def test_an_attached_writer_is_called_once_per_loop_turn(broker: Broker) -> None:
     async with broker.watch(["a:1", "b:1"]) as watcher:
         frames: list[bytes] = []
-        watcher.attach(lambda: frames.append(watcher.take()))
+
+        class Writer:
+            def kick(self) -> None:
+                frames.append(watcher.take())
+
+            def write(self, frame: bytes) -> bool:
+                frames.append(frame)
+                return True
+
+        watcher.attach(Writer())
         # A burst in one loop turn: one call, one frame with the last revision.
         for value in ("a:1", "b:1", "a:1"):
             await broker.invalidate(value)
