@@ -1,4 +1,4 @@
-"""The three servers the fan-out benchmark compares, as uvicorn app factories.
+"""The servers the fan-out benchmark compares, as ASGI app factories (uvicorn, granian).
 
 Each serves the same two routes, so one client drives all of them:
 
@@ -12,9 +12,12 @@ Each serves the same two routes, so one client drives all of them:
 in a set and writes one prebuilt frame to each, inside the fire request. ``streamui``
 is `StreamPlugin` with one scope, ``bench:1``. ``channels`` is what one would write
 with Litestar alone: ``ChannelsPlugin`` (memory backend) and a `Stream` response
-iterating a subscriber. Run one with
-``uvicorn --factory bench.servers:<name>_app``; the streamui app reads its secret from
-the ``STREAMUI_BENCH_SECRET`` environment variable.
+iterating a subscriber. ``streamui-nats`` is the streamui app with its broker on
+`NatsTransport`, so every invalidation goes to a NATS server and back before the
+fan-out. Run one with ``uvicorn --factory bench.servers:<name>_app``; the streamui apps
+read their secret from ``STREAMUI_BENCH_SECRET``, the NATS one its server's URL from
+``STREAMUI_BENCH_NATS_URL`` (not ``STREAMUI_NATS_URL``, which the plain streamui app
+ignores, so a URL set in the shell cannot turn it into the NATS variant).
 """
 
 from __future__ import annotations
@@ -44,15 +47,18 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EVENT_FRAME",
+    "NATS_URL_ENV",
     "SCOPE",
     "SECRET_ENV",
     "STREAMUI_PATH",
     "channels_app",
     "raw_app",
     "streamui_app",
+    "streamui_nats_app",
 ]
 
 SECRET_ENV: Final = "STREAMUI_BENCH_SECRET"
+NATS_URL_ENV: Final = "STREAMUI_BENCH_NATS_URL"
 SCOPE: Final = "bench:1"
 STREAMUI_PATH: Final = "/streamui/stream"
 CHANNEL: Final = "bench"
@@ -136,12 +142,27 @@ async def fire_streamui(broker: Broker) -> None:
     await broker.invalidate(SCOPE)
 
 
+def _required_env(name: str, what: str) -> str:
+    value = os.environ.get(name)
+    if not value:
+        raise RuntimeError(f"set {name} to {what}")
+    return value
+
+
 def streamui_app() -> Litestar:
-    """`StreamPlugin` at its default path; the client signs tokens with the same secret."""
-    secret = os.environ.get(SECRET_ENV)
-    if not secret:
-        raise RuntimeError(f"set {SECRET_ENV} to the secret the benchmark client signs with")
-    config = StreamConfig(path=STREAMUI_PATH, secret=secret, heartbeat=3600)
+    """`StreamPlugin` at its default path, in-process broker; the client signs tokens with
+    the same secret."""
+    secret = _required_env(SECRET_ENV, "the secret the benchmark client signs with")
+    config = StreamConfig(path=STREAMUI_PATH, secret=secret, heartbeat=3600, nats_url=None)
+    return Litestar([fire_streamui], plugins=[StreamPlugin(config)])
+
+
+def streamui_nats_app() -> Litestar:
+    """`streamui_app` with its broker on `NatsTransport` (the nats-server the benchmark
+    started); ``POST /fire`` publishes, and the fan-out runs when NATS delivers it back."""
+    secret = _required_env(SECRET_ENV, "the secret the benchmark client signs with")
+    url = _required_env(NATS_URL_ENV, "the URL of the benchmark's nats-server")
+    config = StreamConfig(path=STREAMUI_PATH, secret=secret, heartbeat=3600, nats_url=url)
     return Litestar([fire_streamui], plugins=[StreamPlugin(config)])
 
 
