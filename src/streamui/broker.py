@@ -43,6 +43,7 @@ Not guaranteed: delivery to a tab that is disconnected; the catch-up above repla
 from __future__ import annotations
 
 import asyncio
+import bisect
 import json
 import logging
 import random
@@ -103,12 +104,20 @@ a few dozen carrying ~64 KiB of data each (a frame is shared only around its rev
 _FRAME_ENTRY_OVERHEAD: Final = 256
 """Bytes a cached frame costs besides its length (its key tuple, bytes header, dict slot)."""
 _DEFAULT_MAX_DATA_BYTES: Final = 65_536
+_AHEAD_ENTRIES: Final = 4096
+"""Milliseconds in which revisions ran ahead of the clock that are remembered (~100 bytes
+each): a page rendered longer ago than that, during a storm of more than 1,000
+invalidations a second, may be pushed scopes invalidated just before it."""
 _MIN_RECONNECT: Final = 1.0
 """Seconds: the shortest reconnect delay `Broker.end_streams` asks for (Datastar's default)."""
 
 
 def _now() -> float:
     return time.time()
+
+
+def _first(pair: tuple[int, int]) -> int:
+    return pair[0]
 
 
 class StreamWriter(Protocol):
@@ -416,6 +425,10 @@ class Broker:
         """upstream="all": the first revision from which every invalidation is known."""
         self._watchers: set[Watcher] = set()
         self._revision = 0
+        # (ms, the last revision handed out in it) for the milliseconds in which the
+        # revisions ran ahead of the clock, oldest first; and the newest one forgotten.
+        self._ahead: list[tuple[int, int]] = []
+        self._ahead_forgotten = (-1, -1)
         # Built frames, oldest first, and what they cost against _FRAME_BUDGET.
         self._frames: OrderedDict[tuple[object, ...], bytes] = OrderedDict()
         self._frame_bytes = 0
@@ -574,8 +587,24 @@ class Broker:
 
     def next_revision(self, now: float | None = None) -> int:
         """A revision larger than every one before, and at least the time in ms."""
-        self._revision = max(self._revision + 1, int((_now() if now is None else now) * 1000))
-        return self._revision
+        ms = int((_now() if now is None else now) * 1000)
+        revision = self._revision + 1
+        if revision > ms:
+            # More than one a millisecond: revisions run ahead of the clock. Remember the
+            # last one handed out in each such millisecond, so a page rendered at a later
+            # one is not pushed what it already showed (see `_start_at`).
+            ahead = self._ahead
+            if ahead and ahead[-1][0] == ms:
+                ahead[-1] = (ms, revision)
+            else:
+                ahead.append((ms, revision))
+                if len(ahead) > 2 * _AHEAD_ENTRIES:
+                    self._ahead_forgotten = ahead[-_AHEAD_ENTRIES - 1]
+                    del ahead[:-_AHEAD_ENTRIES]
+        else:
+            revision = ms
+        self._revision = revision
+        return revision
 
     @property
     def revision(self) -> int:
@@ -642,7 +671,15 @@ class Broker:
         process's clock, reach back `CLOCK_MARGIN` for skew."""
         if not (same_clock or self.transport.sees_all_publishes):
             ms -= int(CLOCK_MARGIN * 1000)
-        return max(ms, 0)
+        ms = max(ms, 0)
+        # A revision handed out before *ms* may be larger than *ms* (more than one a
+        # millisecond): start after the last of those, where it is remembered.
+        forgotten_ms, forgotten = self._ahead_forgotten
+        if ms <= forgotten_ms:
+            return ms  # cannot tell: at worst, scopes invalidated just before are pushed
+        index = bisect.bisect_left(self._ahead, ms, key=_first)
+        before = self._ahead[index - 1][1] if index else forgotten
+        return max(ms, before + 1)
 
     @property
     def subscription_count(self) -> int:

@@ -969,3 +969,51 @@ def test_frames_parse_as_json() -> None:
     frame = b'event: datastar-patch-signals\nid: 7\ndata: signals {"_stream":{"a":7}}\n\n'
     (event,) = parse_events(frame)
     assert event.signals == json.loads('{"_stream":{"a":7}}')
+
+
+# -- revisions ahead of the clock --------------------------------------------------------
+
+
+async def test_a_page_rendered_after_a_storm_is_not_pushed_what_it_showed(
+    clock: FakeClock,
+) -> None:
+    # More than 1,000 invalidations a second run the revisions ahead of the clock: a
+    # page rendered a millisecond later has a render time smaller than their revisions.
+    async with Broker() as broker:
+        await broker.invalidate("a:1")
+        for number in range(3000):
+            await broker.invalidate(f"other:{number}")
+        assert broker.revision > clock.now * 1000 + 2000
+        rendered = clock.advance(0.001)
+        async with broker.watch(["a:1", "other:*"], rendered_at=rendered) as watcher:
+            await asyncio.sleep(0)
+            assert not watcher.ready
+            assert broker.catch_ups == {"exact": 1}
+            await broker.invalidate("a:1")  # after the render: pushed, alone
+            revision, signals = await next_signals(watcher)
+            assert signals == {"_stream": {"a_1": revision}}
+        # Rendered within the storm's millisecond, a page may have missed the rest of it.
+        async with broker.watch(["other:*"], rendered_at=rendered - 0.001) as during:
+            revision, signals = await next_signals(during)
+            assert signals == {"_stream": {"other_WILD": revision}}
+
+
+async def test_what_is_remembered_of_revisions_ahead_of_the_clock_is_bounded(
+    clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(streamui.broker, "_AHEAD_ENTRIES", 4)
+    async with Broker() as broker:
+        first_ms = clock.now
+        for _ in range(20):
+            for number in range(3):
+                await broker.invalidate(f"a:{number}")
+            clock.advance(0.001)
+            assert len(broker._ahead) <= 8
+        # A point older than what is remembered: pushed (it cannot be told apart).
+        async with broker.watch(["a:0"], rendered_at=first_ms + 0.001) as early:
+            await asyncio.sleep(0)
+            assert early.ready
+        # A recent one is told apart.
+        async with broker.watch(["a:0"], rendered_at=clock.now) as recent:
+            await asyncio.sleep(0)
+            assert not recent.ready
