@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from types import TracebackType
     from typing import Self
 
-__all__ = ["BenchError", "ChunkedDecoder", "FanOutClient", "split_head"]
+__all__ = ["BenchError", "ChunkedDecoder", "FanOutClient", "StreamBody", "split_head"]
 
 _CONNECT_CONCURRENCY: Final = 128
 """Connections being set up at once; more overflows the server's accept backlog."""
@@ -92,13 +92,45 @@ class ChunkedDecoder:
         return b"".join(out)
 
 
+class StreamBody:
+    """The body of one streamed HTTP/1.1 response, fed in arbitrary pieces as they
+    arrive: the head is read and must say 200, a chunked body is decoded; `ended` once
+    its last chunk arrived."""
+
+    __slots__ = ("_decoder", "_head")
+
+    def __init__(self) -> None:
+        self._head: bytes | None = b""  # None once the head has been read
+        self._decoder: ChunkedDecoder | None = None
+
+    def feed(self, data: bytes) -> bytes:
+        """The body bytes in *data* (b"" while the head is incomplete); `BenchError` for
+        a response that is not a 200."""
+        if self._head is not None:
+            split = split_head(self._head + data)
+            if isinstance(split, bytes):
+                self._head = split
+                return b""
+            self._head = None
+            head, data = split
+            status, _, fields = head.partition(b"\r\n")
+            if not status.startswith(b"HTTP/1.1 200"):
+                raise BenchError(f"the stream request was answered {head[:500]!r}")
+            if b"transfer-encoding: chunked" in fields.lower():
+                self._decoder = ChunkedDecoder()
+        return data if self._decoder is None else self._decoder.feed(data)
+
+    @property
+    def ended(self) -> bool:
+        return self._decoder is not None and self._decoder.ended
+
+
 class _Stream(asyncio.Protocol):
     """One SSE connection; reports its opening frame and each event to the client."""
 
     __slots__ = (
+        "_body",
         "_client",
-        "_decoder",
-        "_head",
         "_request",
         "_text",
         "closed",
@@ -110,8 +142,7 @@ class _Stream(asyncio.Protocol):
     def __init__(self, client: FanOutClient, request: bytes) -> None:
         self._client = client
         self._request = request
-        self._head: bytes | None = b""  # None once the response head has been read
-        self._decoder: ChunkedDecoder | None = None
+        self._body = StreamBody()
         self._text = b""
         self.transport: asyncio.Transport | None = None
         self.opened = False
@@ -136,22 +167,9 @@ class _Stream(asyncio.Protocol):
             self._client._fail(BenchError(f"unparsable stream response: {error}"))
 
     def _received(self, data: bytes, now: float) -> None:
-        if self._head is not None:
-            split = split_head(self._head + data)
-            if isinstance(split, bytes):
-                self._head = split
-                return
-            self._head = None
-            head, data = split
-            status, _, fields = head.partition(b"\r\n")
-            if not status.startswith(b"HTTP/1.1 200"):
-                raise BenchError(f"the stream request was answered {head[:500]!r}")
-            if b"transfer-encoding: chunked" in fields.lower():
-                self._decoder = ChunkedDecoder()
-        if self._decoder is not None:
-            data = self._decoder.feed(data)
-            if self._decoder.ended:
-                raise BenchError("the server ended a stream (last chunk)")
+        data = self._body.feed(data)
+        if self._body.ended:
+            raise BenchError("the server ended a stream (last chunk)")
         text = self._text + data if self._text else data
         if b"\n\n" not in text:
             self._text = text

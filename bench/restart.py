@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Final, cast
 
 import uvloop
 
-from bench.client import BenchError, ChunkedDecoder, split_head
+from bench.client import BenchError, StreamBody
 from bench.process import HOST, positive, raise_open_file_limit
 from bench.restart_server import READY_LINE
 from bench.servers import SCOPE, SECRET_ENV, STREAMUI_PATH
@@ -142,8 +142,7 @@ class _Connection(asyncio.Protocol):
         self.tab = tab
         self.request = request
         self.transport: asyncio.Transport | None = None
-        self._head: bytes | None = b""
-        self._body = ChunkedDecoder()
+        self._body = StreamBody()
         self._text = b""
         self._frames = 0
         self.done = False
@@ -161,15 +160,6 @@ class _Connection(asyncio.Protocol):
             self.tab.client.fail(BenchError(f"tab {self.tab.index}: {error}"))
 
     def _received(self, data: bytes, now: float) -> None:
-        if self._head is not None:
-            split = split_head(self._head + data)
-            if isinstance(split, bytes):
-                self._head = split
-                return
-            self._head = None
-            head, data = split
-            if not head.startswith(b"HTTP/1.1 200"):
-                raise BenchError(f"the stream request was answered {head[:300]!r}")
         text = self._text + self._body.feed(data)
         *frames, self._text = text.split(b"\n\n")
         for frame in frames:

@@ -6,8 +6,8 @@ counts events. The workloads need more: each stream has its own token (its own
 scopes), the checks need each event's ``_stream`` signals (which keys, which
 revision), and one workload opens and closes streams as fast as it can. So a stream
 here is the same kind of bare `asyncio.Protocol` (no task per stream; the response
-head, chunked body and SSE frames parsed by `bench.client.split_head` and
-`bench.client.ChunkedDecoder`), but it hands each chunk's events to its `StreamSet`,
+head and chunked body read by `bench.client.StreamBody`), but it hands each chunk's
+events to its `StreamSet`,
 whose subclasses decide what an event means and what is wrong.
 
 Control requests (``POST`` with a JSON body, JSON answer) go over a connection of their
@@ -20,7 +20,7 @@ import asyncio
 import json
 from typing import TYPE_CHECKING, Any, Final, cast
 
-from bench.client import BenchError, ChunkedDecoder, split_head
+from bench.client import BenchError, ChunkedDecoder, StreamBody, split_head
 from streamui import SIGNAL_NAMESPACE
 
 if TYPE_CHECKING:
@@ -53,8 +53,7 @@ class Stream(asyncio.Protocol):
     event) and the events of each chunk it reads to its `StreamSet`."""
 
     __slots__ = (
-        "_decoder",
-        "_head",
+        "_body",
         "_owner",
         "_request",
         "_text",
@@ -71,8 +70,7 @@ class Stream(asyncio.Protocol):
         self._owner = owner
         self.index = index
         self._request = request
-        self._head: bytes | None = b""  # None once the response head has been read
-        self._decoder: ChunkedDecoder | None = None
+        self._body = StreamBody()
         self._text = b""
         self.transport: asyncio.Transport | None = None
         self.opened = False
@@ -100,22 +98,9 @@ class Stream(asyncio.Protocol):
             self._owner.fail(BenchError(f"stream {self.index}: unparsable response: {error}"))
 
     def _received(self, data: bytes) -> None:
-        if self._head is not None:
-            split = split_head(self._head + data)
-            if isinstance(split, bytes):
-                self._head = split
-                return
-            self._head = None
-            head, data = split
-            status, _, fields = head.partition(b"\r\n")
-            if not status.startswith(b"HTTP/1.1 200"):
-                raise BenchError(f"the stream request was answered {head[:500]!r}")
-            if b"transfer-encoding: chunked" in fields.lower():
-                self._decoder = ChunkedDecoder()
-        if self._decoder is not None:
-            data = self._decoder.feed(data)
-            if self._decoder.ended and not self.ending:
-                raise BenchError("the server ended the stream (last chunk)")
+        data = self._body.feed(data)
+        if self._body.ended and not self.ending:
+            raise BenchError("the server ended the stream (last chunk)")
         text = self._text + data if self._text else data
         if b"\n\n" not in text:
             self._text = text
