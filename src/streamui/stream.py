@@ -195,7 +195,7 @@ class EventStream:
             await _opening_write(
                 send({"type": "http.response.start", "status": 200, "headers": _HEADERS})
             )
-            opening_id = watcher.opening_id
+            opening_id, watcher.opening_id = watcher.opening_id, ""  # used once
             opening = f"id: {opening_id}\nretry: {RETRY_MS}\n\n".encode()
             if self._greeting is not None:
                 opening += self._greeting(opening_id)

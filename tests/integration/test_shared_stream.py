@@ -128,8 +128,10 @@ async def test_since_pushes_what_changed_after_it_and_nothing_before(live: Live)
     page = await live.page("a", "b", "c")
     await live.broker.invalidate("a")  # before since: the tabs have it
     await asyncio.sleep(1.2)  # more than the second of margin that since allows for
-    await live.broker.invalidate("b")  # after since: it is pushed
+    # Read before "b" is invalidated: a revision is at least the time in ms it was
+    # handed out at, so "b" is after since (read after it, the clock may have ticked).
     between = int(time.time() * 1000)
+    await live.broker.invalidate("b")  # after since: it is pushed
     url = url_from(page) + f"&since={between}"
     # since wins over Last-Event-ID (which would push every scope).
     async with live.stream(url, headers={"last-event-id": "1"}) as stream:
