@@ -43,12 +43,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import heapq
 import logging
 import math
 import weakref
 from types import CoroutineType
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from datastar_py.sse import SSE_HEADERS
 
@@ -452,7 +453,7 @@ class _Writer:
         if self.task is not None or self.done:
             return False
         message = {"type": "http.response.body", "body": frame, "more_body": more}
-        started: tuple[Coroutine[Any, Any, None], Any] | None = None
+        started: _Suspended | None = None
         if self._eager:
             try:
                 started = self._context.run(_first_step, self._send, message)
@@ -480,7 +481,7 @@ class _Writer:
 
     async def _finish(
         self,
-        started: tuple[Coroutine[Any, Any, None], Any] | None,
+        started: _Suspended | None,
         message: dict[str, object],
         more: bool,
     ) -> None:
@@ -490,7 +491,7 @@ class _Writer:
             if started is None:
                 await _sending(self._send, message)
             else:
-                await _resume(*started)
+                await _resume(started)
             while more:
                 frame, more = self._next()
                 if frame is None:
@@ -521,8 +522,18 @@ class _Writer:
             self.task.cancel()
 
 
-async def _resume(coroutine: Coroutine[Any, Any, None], awaiting: Any) -> None:
-    """Drive *coroutine*, stepped by hand until it yielded *awaiting*, to its end."""
+class _Suspended(NamedTuple):
+    """A write stepped by hand that must wait: how to step it on, and what it waits on."""
+
+    step: Callable[[], Any]
+    """Advance the write: returns what it waits on next; StopIteration once written."""
+    close: Callable[[], object] | None
+    awaiting: Any
+
+
+async def _resume(suspended: _Suspended) -> None:
+    """Drive a write, stepped by hand until it had to wait, to its end."""
+    step, close, awaiting = suspended
     try:
         while True:
             if awaiting is None:  # a bare yield: give the loop one turn
@@ -531,27 +542,32 @@ async def _resume(coroutine: Coroutine[Any, Any, None], awaiting: Any) -> None:
                 awaiting._asyncio_future_blocking = False
                 await asyncio.wait((awaiting,))
             try:
-                awaiting = coroutine.send(None)
+                awaiting = step()
             except StopIteration:
                 return
     except BaseException:
-        coroutine.close()
+        if close is not None:
+            close()
         raise
 
 
-def _first_step(
-    send: Send, message: dict[str, object]
-) -> tuple[Coroutine[Any, Any, None], Any] | None:
-    """Call ``send(message)`` and step it once: None if that wrote it, else the
-    coroutine and what it waits on."""
-    coroutine = send(message)  # type: ignore[arg-type]
-    if type(coroutine) is not CoroutineType:  # (not isinstance: an ABC check is slow)
-        coroutine = _awaiting(coroutine)
+def _first_step(send: Send, message: dict[str, object]) -> _Suspended | None:
+    """Call ``send(message)`` and step it once: None if that wrote it, else how to go
+    on. A coroutine is stepped with ``send``; any other awaitable (granian's send
+    returns a done one) through its ``__await__`` iterator, without a coroutine."""
+    awaitable = send(message)  # type: ignore[arg-type]
+    if type(awaitable) is CoroutineType:  # (not isinstance: an ABC check is slow)
+        try:
+            awaiting = awaitable.send(None)
+        except StopIteration:
+            return None
+        return _Suspended(functools.partial(awaitable.send, None), awaitable.close, awaiting)
+    iterator = awaitable.__await__()
     try:
-        awaiting = coroutine.send(None)
+        awaiting = next(iterator)
     except StopIteration:
         return None
-    return coroutine, awaiting
+    return _Suspended(iterator.__next__, getattr(iterator, "close", None), awaiting)
 
 
 def _sending(send: Send, message: dict[str, object]) -> Coroutine[Any, Any, None]:

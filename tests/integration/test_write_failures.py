@@ -174,11 +174,12 @@ async def test_a_client_that_left_is_not_a_warning() -> None:
 
 
 @pytest.mark.parametrize("eager_writes", [True, False])
+@pytest.mark.parametrize("awaitable", ["coroutine", "not a coroutine"])
 async def test_a_write_that_must_wait_is_finished_in_order_and_later_changes_coalesce(
-    eager_writes: bool,
+    eager_writes: bool, awaitable: str
 ) -> None:
     # A middleware whose send waits (as flow control does for a slow client) while
-    # the gate is closed.
+    # the gate is closed; its send returns a coroutine, or another awaitable.
     gate, waiting = asyncio.Event(), asyncio.Event()
 
     async def gated(message: Message, send: Send) -> None:
@@ -187,7 +188,12 @@ async def test_a_write_that_must_wait_is_finished_in_order_and_later_changes_coa
             await gate.wait()
         await send(message)
 
-    app, plugin = make_app(wrapping_middleware(gated), eager_writes=eager_writes)
+    def wrap(message: Message, send: Send) -> Any:
+        if awaitable == "coroutine":
+            return gated(message, send)
+        return _NotACoroutine(message, lambda message: gated(message, send))
+
+    app, plugin = make_app(wrapping_middleware(wrap), eager_writes=eager_writes)
     async with serve(app) as base, httpx.AsyncClient(base_url=base, timeout=WAIT) as client:
         url = await open_stream(client)
         async with client.stream("GET", url) as response:
