@@ -167,7 +167,10 @@ async def test_after_a_secret_rotation_each_tab_reloads_once_and_updates_again(
     mode = "shared" if share else "per tab"
     _figures[f"secret rotation, 2 tabs ({mode}): page reloads"] = str(sum(state.pages.values()))
     _figures[f"secret rotation, 2 tabs ({mode}): stream requests"] = str(len(after))
-    assert state.pages == Counter({0: 1, 1: 1}), "each tab reloads exactly once"
+    # (It failed in two of four full-suite runs in one session, never when run alone:
+    # what the tabs logged and asked for will say why, if it fails again.)
+    seen = "\n".join([*site.console.tolerated, *(url[-120:] for url in after)])
+    assert state.pages == Counter({0: 1, 1: 1}), f"each tab reloads exactly once:\n{seen}"
     # Refused (one for the shared stream, one per tab without sharing), the new streams
     # (shared: one per tab that joins, one when the reloaded tabs' old selves are
     # forgotten), and perhaps a retry while the server was down.
