@@ -194,7 +194,7 @@ class _Pattern:
         frame = b""
         for watcher in self.watchers:
             writer = watcher._writer
-            if (
+            if (  # (the last four: `not watcher.ready`, inlined on the hot path)
                 alone
                 and writer is not None
                 and watcher._pending is None
@@ -272,8 +272,7 @@ class Watcher:
                 broker = self._broker
                 broker._ready.append(self)
                 if not broker._flush_due:
-                    broker._flush_due = True
-                    asyncio.get_running_loop().call_soon(broker._flush)
+                    broker._flush_soon()
             return
         waiter = self._waiter
         if waiter is not None:
@@ -798,8 +797,11 @@ class Broker:
         """*entry* was delivered something: mark its watchers this turn."""
         self._dirty.append(entry)
         if not self._flush_due:
-            self._flush_due = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            self._flush_soon()
+
+    def _flush_soon(self) -> None:
+        self._flush_due = True
+        asyncio.get_running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
         """Once per event-loop turn with changes: mark the watchers of every pattern

@@ -574,7 +574,7 @@ class StreamPlugin(InitPlugin):
         def dispatch(scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
             # A stream renders nothing, and lives for hours: it keeps no registry and
             # no frame of this middleware (other spellings of the path get a 404).
-            if scope["path"] in (stream_path, scope.get("root_path", "") + stream_path):
+            if scope["path"] in _spellings(scope, stream_path):
                 return app(scope, receive, send)
             return with_endpoint(scope, receive, send)
 
@@ -595,11 +595,15 @@ def _client_handler(url: str) -> Any:
     return streamui_client
 
 
+def _spellings(scope: Scope, path: str) -> tuple[str, str]:
+    """*path* as ``scope["path"]`` names it, without and with the app's root path."""
+    return path, scope.get("root_path", "") + path
+
+
 def _is_exact_path(request: Request[Any, Any, Any], path: str) -> bool:
     """True when the request names *path* exactly: no doubled, trailing or encoded slash."""
     scope = request.scope
-    root = scope.get("root_path", "")
-    allowed = (path, root + path)
+    allowed = _spellings(scope, path)
     if scope["path"] not in allowed:
         return False
     raw = scope.get("raw_path")  # optional in ASGI; the bytes as the client sent them

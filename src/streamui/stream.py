@@ -9,10 +9,10 @@ verified the request). What it guarantees:
   middleware of the app (compression, CORS, sessions, ...) exactly as any other
   response body would, in order, on any ASGI server. While the stream waits, the
   broker's fan-out writes its frames itself (*eager_writes*): it calls ``send`` and
-  steps the coroutine in the stream's context, and a write that completes in that
-  step, as nearly all do, costs no task switch. A write that must wait (flow
-  control, a middleware that awaits) is finished by the request's task before it
-  writes anything else.
+  steps it in the stream's context, and a write that completes in that step, as
+  nearly all do, costs no task switch. A write that must wait (flow control, a
+  middleware that awaits) is finished by a short-lived task before anything else is
+  written.
 - The first bytes are an id-only frame (``id:`` and ``retry:``): the browser's SSE
   parser records the id without dispatching an event, so even a tab hidden before its
   first invalidation reconnects with ``Last-Event-ID`` and is caught up exactly (the
@@ -31,11 +31,11 @@ verified the request). What it guarantees:
 - When the client disconnects, the server cancels, or the broker closes, every
   subscription is released (the ``async with broker.watch(...)`` block always exits).
 
-Memory per stream: one `Watcher` and its writer, the request task (parked until a
-write must wait, a heartbeat or the end) and one idle task waiting for the
-disconnect, one or two timers. A write that waits on the server's flow
-control holds one frame; what changes meanwhile coalesces into the next, so a slow
-reader costs at most two frames of memory.
+Memory per stream: one `Watcher`, its writer and clock, and the request task, which
+only waits for the disconnect; no other task and no timer (heartbeats, renewals and
+lifetimes tick from one timer wheel per event loop). A write that waits on the
+server's flow control holds one frame; what changes meanwhile coalesces into the
+next, so a slow reader costs at most two frames of memory.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any, Final, NamedTuple
 from datastar_py.sse import SSE_HEADERS
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Coroutine, Sequence
+    from collections.abc import Awaitable, Callable, Sequence
 
     from litestar.types import Receive, Scope, Send
 
@@ -489,14 +489,14 @@ class _Writer:
         write what is ready, as the stream's own task would have."""
         try:
             if started is None:
-                await _sending(self._send, message)
+                await self._send(message)  # type: ignore[arg-type]
             else:
                 await _resume(started)
             while more:
                 frame, more = self._next()
                 if frame is None:
                     break
-                await _sending(self._send, _body(frame, more=more))
+                await self._send(_body(frame, more=more))  # type: ignore[arg-type]
         except Exception as error:
             self.task = None
             self._end(error)
@@ -568,19 +568,6 @@ def _first_step(send: Send, message: dict[str, object]) -> _Suspended | None:
     except StopIteration:
         return None
     return _Suspended(iterator.__next__, getattr(iterator, "close", None), awaiting)
-
-
-def _sending(send: Send, message: dict[str, object]) -> Coroutine[Any, Any, None]:
-    """``send(message)`` as a coroutine to step (servers' own send may be another
-    kind of awaitable)."""
-    awaitable = send(message)  # type: ignore[arg-type]
-    if type(awaitable) is CoroutineType:  # not isinstance(Coroutine): an ABC check is slow
-        return awaitable
-    return _awaiting(awaitable)
-
-
-async def _awaiting(awaitable: Awaitable[None]) -> None:
-    await awaitable
 
 
 def _body(frame: bytes, *, more: bool) -> dict[str, object]:
