@@ -121,7 +121,7 @@ def _first(pair: tuple[int, int]) -> int:
 
 
 class StreamWriter(Protocol):
-    """What `Watcher.attach` takes: the stream's writer (see `streamui.stream`)."""
+    """What `Watcher.attach` takes: the stream's writer (`streamui.stream.EventStream`)."""
 
     def kick(self) -> None:
         """Write what the watcher has ready (`Watcher.take`), or complete the body if
@@ -218,6 +218,9 @@ _NEVER: Final = 2**63
 class Watcher:
     """The broker-side state of one stream: what changed since the last write.
 
+    `Broker.watch` returns one; ``async with`` subscribes it (and marks what the
+    stream is owed from its start) and unsubscribes it at the end.
+
     The stream's writer awaits `wait`, then calls `take` for the bytes to write. While
     the writer is busy (a write waiting on a slow client), changes join the next `take`:
     that is the coalescing, and it is why the fan-out costs a set insertion per stream.
@@ -228,27 +231,34 @@ class Watcher:
     """
 
     __slots__ = (
-        "__weakref__",
         "_broker",
         "_data",
         "_extra",
         "_heartbeat_due",
+        "_opening",
         "_pending",
         "_queued",
         "_revision",
         "_waiter",
         "_writer",
         "closed",
-        "keys",
         "opening_id",
         "reconnect_after",
         "scopes",
     )
 
-    def __init__(self, broker: Broker, scopes: tuple[str, ...]) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        scopes: tuple[str, ...],
+        *,
+        start: int | None = None,
+        resume: bool = False,
+    ) -> None:
         self._broker = broker
         self.scopes = scopes
-        self.keys = tuple(scope_key(value) for value in scopes)
+        self._opening: tuple[int | None, bool] | None = (start, resume)
+        """Where the catch-up starts, until the block is entered."""
         # Made on the first change after a take: an idle stream keeps neither.
         self._pending: set[str] | None = None
         self._data: dict[str, tuple[int, bytes]] | None = None
@@ -264,6 +274,34 @@ class Watcher:
         self.opening_id = ""
         """The id for the stream's opening frame (set by the catch-up): a tab that resumes
         from it is pushed at least what this stream was pushed when it started."""
+
+    async def __aenter__(self) -> Watcher:
+        """Subscribe, and mark what the stream is owed from its start."""
+        opening, self._opening = self._opening, None
+        if opening is None:
+            raise RuntimeError("a watch is entered once: call broker.watch() for another")
+        start, resume = opening
+        broker = self._broker
+        await broker._attach(self)
+        if start is not None:
+            broker._catch_up(self, start)
+        # Nothing to start from: nothing is owed (a plain watch), or everything is
+        # (and a tab that resumes from the opening frame is owed everything again).
+        elif resume:
+            self.opening_id = broker.event_id(0)
+            broker.catch_ups["resume"] += 1
+            self.mark_all()
+        else:
+            self.opening_id = broker.event_id(broker.revision or broker.next_revision())
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self._broker._detach(self)
 
     def _wake(self) -> None:
         if self._writer is not None:
@@ -308,10 +346,15 @@ class Watcher:
         self._revision = max(self._revision, revision)
         self._wake()
 
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """The signal names of `scopes` (`scope_key`), in order."""
+        return tuple(scope_key(value) for value in self.scopes)
+
     def mark_all(self, revision: int | None = None) -> None:
         """Push every scope once (resume after a disconnect, or a reconnect upstream)."""
         revision = revision or self._broker.next_revision()
-        for key in self.keys:
+        for key in self._broker._keys(self):
             self.mark(key, revision)
 
     def heartbeat(self) -> None:
@@ -627,7 +670,7 @@ class Broker:
         after: str | None = None,
         resume: bool = False,
         clock: str | None = None,
-    ) -> _Watch:
+    ) -> Watcher:
         """Watch *scopes* for the lifetime of an ``async with`` block.
 
         The block yields a `Watcher`. At most one of: *rendered_at* (Unix time at which
@@ -639,7 +682,11 @@ class Broker:
         *clock* names this process (`TokenSigner.instance`): a time tagged with it is on
         this clock, which spares it the `CLOCK_MARGIN`.
         """
-        unique = tuple(dict.fromkeys(validate_scope(value) for value in scopes))
+        values = scopes if type(scopes) is tuple else tuple(scopes)
+        for value in values:
+            validate_scope(value)
+        # (The caller's tuple when it has no duplicates: an open stream keeps it.)
+        unique = values if len(set(values)) == len(values) else tuple(dict.fromkeys(values))
         if sum((rendered_at is not None, after is not None, resume)) > 1:
             raise ValueError("watch() takes at most one of rendered_at, after and resume")
         start: int | None = None
@@ -647,7 +694,7 @@ class Broker:
             start = self._start_after(after, clock)
         elif rendered_at is not None:
             start = self._start_at(int(rendered_at * 1000))
-        return _Watch(self, unique, start, resume)
+        return Watcher(broker=self, scopes=unique, start=start, resume=resume)
 
     def _start_after(self, after: str, clock: str | None) -> int:
         """The first revision a stream that saw event *after* (or a page rendered then)
@@ -701,10 +748,10 @@ class Broker:
         self._require_started()
         self._watchers.add(watcher)
         try:
-            for value, key in zip(watcher.scopes, watcher.keys, strict=True):
+            for value in watcher.scopes:
                 entry = self._patterns.get(value)
                 if entry is None:
-                    entry = self._patterns[value] = _Pattern(key, is_pattern(value))
+                    entry = self._patterns[value] = _Pattern(scope_key(value), is_pattern(value))
                     if self.upstream == "all":
                         self._trie.add(scope_subject(value, self.prefix), entry)
                     else:
@@ -734,6 +781,15 @@ class Broker:
         entry.covered_from = self.next_revision()
         if self._patterns.get(value) is not entry:  # everyone left while we subscribed
             await entry.subscription.unsubscribe()
+
+    def _keys(self, watcher: Watcher) -> list[str]:
+        """The signal names of *watcher*'s scopes: its patterns' (a watcher keeps none
+        of its own, for memory), or made again if it is not attached."""
+        patterns = self._patterns
+        return [
+            entry.key if (entry := patterns.get(value)) is not None else scope_key(value)
+            for value in watcher.scopes
+        ]
 
     async def _detach(self, watcher: Watcher) -> None:
         watcher.close()
@@ -770,7 +826,7 @@ class Broker:
         every = self.upstream == "all"
         unknown = 0
         revision = 0
-        for value, key in zip(watcher.scopes, watcher.keys, strict=True):
+        for value, key in zip(watcher.scopes, self._keys(watcher), strict=True):
             covered_from = self._complete_from if every else self._patterns[value].covered_from
             if not known or covered_from > start:
                 unknown += 1
@@ -912,44 +968,6 @@ class Broker:
                 _, evicted = self._frames.popitem(last=False)
                 self._frame_bytes -= len(evicted) + _FRAME_ENTRY_OVERHEAD
         return frame
-
-
-class _Watch:
-    """Async context manager returned by `Broker.watch`."""
-
-    __slots__ = ("_broker", "_resume", "_start", "_watcher")
-
-    def __init__(
-        self, broker: Broker, scopes: tuple[str, ...], start: int | None, resume: bool
-    ) -> None:
-        self._broker = broker
-        self._watcher = Watcher(broker, scopes)
-        self._start = start
-        self._resume = resume
-
-    async def __aenter__(self) -> Watcher:
-        watcher = self._watcher
-        broker = self._broker
-        await broker._attach(watcher)
-        if self._start is not None:
-            broker._catch_up(watcher, self._start)
-        # Nothing to start from: nothing is owed (a plain watch), or everything is
-        # (and a tab that resumes from the opening frame is owed everything again).
-        elif self._resume:
-            watcher.opening_id = broker.event_id(0)
-            broker.catch_ups["resume"] += 1
-            watcher.mark_all()
-        else:
-            watcher.opening_id = broker.event_id(broker.revision or broker.next_revision())
-        return watcher
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self._broker._detach(self._watcher)
 
 
 def _encode_data(data: object, limit: int) -> bytes:

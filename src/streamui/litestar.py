@@ -17,6 +17,7 @@ reason in the body. It never answers 500 for bad input.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import json
 import logging
@@ -182,6 +183,13 @@ class _State:
     broker: Broker
     endpoint: StreamEndpoint
 
+    @functools.cached_property
+    def renew_every(self) -> float:
+        """Seconds between token renewals: half their lifetime (one float for every
+        stream)."""
+        lifetime = self.endpoint.signer.lifetime
+        return 0.0 if lifetime is None else lifetime / 2
+
 
 class StreamController(Controller):
     """Serves ``GET <path>?t=<token>[&t=<token>…][&since=<event id or ms>]`` as a Datastar
@@ -271,14 +279,13 @@ def _renewal(
     ``authorize`` runs again and the tab gets its tokens signed again (same scopes and
     render time) as a ``_streamTokens`` patch, under the names its tokens have."""
     signer = state.endpoint.signer
-    lifetime = signer.lifetime
-    if lifetime is None:
+    if signer.lifetime is None:
         return {}
     soonest = min(signer.expiry(token) or 0.0 for token in verified)
     return {
         "renew": _Renewal(state, request.scope, verified, watched),
         "renew_after": max(0.0, soonest - time.time()) / 2,
-        "renew_every": lifetime / 2,
+        "renew_every": state.renew_every,
     }
 
 
@@ -369,7 +376,7 @@ def _since(query: Mapping[str, list[str]]) -> str | None:
 
 def _verified(
     state: _State, query: Mapping[str, list[str]]
-) -> tuple[list[StreamToken], tuple[str, ...]]:
+) -> tuple[tuple[StreamToken, ...], tuple[str, ...]]:
     """The request's tokens, verified, and the scopes they grant (4xx with a reason if not)."""
     config = state.config
     tokens = [token for token in query.get("t", ()) if token]
@@ -398,7 +405,9 @@ def _verified(
     scopes = dict.fromkeys(value for token in verified for value in token.scopes)
     if len(scopes) > config.max_scopes:
         raise ClientException(f"too many scopes: {len(scopes)}, the limit is {config.max_scopes}")
-    return verified, tuple(scopes)
+    if len(verified) == 1 and len(scopes) == len(verified[0].scopes):
+        return tuple(verified), verified[0].scopes  # (one tuple kept by the open stream)
+    return tuple(verified), tuple(scopes)
 
 
 # -- several processes where one is expected ------------------------------------------------

@@ -35,6 +35,7 @@ import json
 import os
 import re
 import secrets
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -244,9 +245,13 @@ def _parse_payload(raw: bytes) -> StreamToken:
     ):
         raise InvalidTokenError("malformed stream token payload: 'e' is not a time in ms")
     try:
-        checked = tuple(validate_scope(value) for value in scopes)
+        # Interned: every open stream keeps its scopes, and most streams share them.
+        checked = tuple(sys.intern(validate_scope(value)) for value in scopes)
     except ValueError as error:
         raise InvalidTokenError(f"malformed stream token payload: {error}") from None
     return StreamToken(
-        checked, issued / 1000, instance, None if expires is None else expires / 1000
+        checked,
+        issued / 1000,
+        None if instance is None else sys.intern(instance),
+        None if expires is None else expires / 1000,
     )

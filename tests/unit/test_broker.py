@@ -1017,3 +1017,12 @@ async def test_what_is_remembered_of_revisions_ahead_of_the_clock_is_bounded(
         async with broker.watch(["a:0"], rendered_at=clock.now) as recent:
             await asyncio.sleep(0)
             assert not recent.ready
+
+
+async def test_a_watch_is_entered_once(broker: Broker) -> None:
+    """`broker.watch()` is the watcher itself; a second ``async with`` would subscribe it twice."""
+    watch = broker.watch(["a:1"])
+    async with watch:
+        with pytest.raises(RuntimeError, match="entered once"):
+            await watch.__aenter__()
+    assert broker.watcher_count == 0
