@@ -31,9 +31,10 @@ verified the request). What it guarantees:
 - When the client disconnects, the server cancels, or the broker closes, every
   subscription is released (the ``async with broker.watch(...)`` block always exits).
 
-Memory per stream: one `Watcher`, its writer and clock, and the request task, which
-only waits for the disconnect; no other task and no timer (heartbeats, renewals and
-lifetimes tick from one timer wheel per event loop). A write that waits on the
+Memory per stream: the `EventStream` (which is also its watcher's writer and its own
+clock), one `Watcher`, and the request task, which only waits for the disconnect; no
+other task and no timer (heartbeats, renewals and lifetimes tick from one timer wheel
+per event loop). A write that waits on the
 server's flow control holds one frame; what changes meanwhile coalesces into the
 next, so a slow reader costs at most two frames of memory.
 """
@@ -72,7 +73,8 @@ resets a longer delay that a stream ended by a shutdown may have asked for."""
 
 
 class EventStream:
-    """ASGI app streaming invalidations of *scopes* from *broker* to one client.
+    """ASGI app streaming invalidations of *scopes* from *broker* to one client (one
+    request: make one per request).
 
     *greeting*, if given, is called with the opening frame's id and what it returns is
     written right after that frame (the Litestar controller uses it to merge a tab's
@@ -81,24 +83,34 @@ class EventStream:
     given, is called with the ``send`` once the stream has opened and returns the one
     to write the frames after that with (the Litestar controller leaves out its own
     exception handlers' wrappers; never a middleware's).
+
+    Once open, the stream is also its watcher's writer (`kick` and `write`, called by
+    the broker's fan-out) and its own clock (ticked by the loop's timer wheel): an
+    open stream is this one object, its `Watcher` and the request's waiting task.
     """
 
     __slots__ = (
-        "_after",
-        "_broker",
-        "_clock",
+        "_bucket",
+        "_context",
+        "_done",
         "_eager",
-        "_frame_send",
-        "_greeting",
+        "_ends_at",
+        "_failure",
         "_heartbeat",
-        "_max_lifetime",
-        "_rendered_at",
+        "_heartbeat_at",
+        "_opening",
         "_renew",
-        "_renew_after",
+        "_renew_at",
         "_renew_every",
-        "_resume",
-        "_scopes",
+        "_renewing",
+        "_send",
+        "_task",
+        "_watcher",
+        "_writing",
     )
+    _watcher: Watcher
+    _send: Send
+    _context: contextvars.Context
 
     def __init__(
         self,
@@ -118,32 +130,52 @@ class EventStream:
         eager_writes: bool = True,
         frame_send: Callable[[Send], Send] | None = None,
     ) -> None:
-        self._broker = broker
+        self._opening: _Opening | None = _Opening(
+            broker,
+            tuple(scopes),
+            rendered_at,
+            after,
+            resume,
+            clock,
+            greeting,
+            max_lifetime,
+            renew_after,
+            frame_send,
+        )
+        """What only opening the stream needs (dropped then: an open stream keeps what
+        it keeps for hours)."""
         self._eager = eager_writes
-        self._frame_send = frame_send
-        self._scopes = tuple(scopes)
-        self._rendered_at = rendered_at
-        self._after = after
-        self._resume = resume
-        self._clock = clock
         self._heartbeat = heartbeat
-        self._max_lifetime = max_lifetime
-        self._greeting = greeting
         self._renew = renew
-        self._renew_after = renew_after
         self._renew_every = renew_every
+        # Set when the stream opens (`_start`): _watcher, _send, _context.
+        self._task: asyncio.Task[Any] | None = None
+        """The request's task while it waits for the disconnect (cancelled to end it)."""
+        self._writing: asyncio.Task[None] | None = None
+        """A write that must wait, and those after it."""
+        self._done = False
+        self._failure: Exception | None = None
+        self._heartbeat_at = 0.0
+        self._renew_at: float | None = None
+        self._ends_at: float | None = None
+        self._bucket: set[EventStream] | None = None
+        """The wheel's bucket this stream waits in for its next tick."""
+        self._renewing: asyncio.Task[None] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        watch = self._broker.watch(
-            self._scopes,
-            rendered_at=self._rendered_at,
-            after=self._after,
-            resume=self._resume,
-            clock=self._clock,
+        opening = self._opening
+        if opening is None:
+            raise RuntimeError("an EventStream serves one request: make one per request")
+        self._opening = None
+        watcher = opening.broker.watch(
+            opening.scopes,
+            rendered_at=opening.rendered_at,
+            after=opening.after,
+            resume=opening.resume,
+            clock=opening.clock,
         )
-        self._after = None  # (the watch has it: what a stream keeps, it keeps for hours)
         try:
-            watcher = await watch.__aenter__()
+            await watcher.__aenter__()
         except Exception as error:
             logger.exception("could not subscribe for a stream")
             body = f"stream unavailable: {type(error).__name__}: {error}".encode()
@@ -160,37 +192,204 @@ class EventStream:
             await send({"type": "http.response.body", "body": body, "more_body": False})
             return
         try:
-            if not await self._open(watcher, send):
+            if not await self._open(watcher, send, opening.greeting):
                 return
-            # From here on the request's task only listens: frames are written by the
-            # writer, ticks come from the loop's one wheel. (All in this one frame: it
-            # is what every open stream keeps.)
-            loop = asyncio.get_running_loop()
-            frame_send = send if self._frame_send is None else self._frame_send(send)
-            writer = _Writer(loop, watcher, frame_send, eager=self._eager)
-            clock = _Clock(loop, self, watcher)
-            writer.kick()  # what the catch-up marked before the writer was there
+            self._start(watcher, send, opening)
+            opening = None
+            # From here on the request's task only listens: frames are written when the
+            # broker's fan-out calls this stream as the watcher's writer, ticks come from
+            # the loop's one wheel. (All in this one frame: it is what every open stream
+            # keeps.)
+            self.kick()  # what the catch-up marked before the stream was its writer
+            task = asyncio.current_task()
+            assert task is not None
+            cancelling = task.cancelling()
             try:
-                # An idle stream writes nothing for long stretches, so only this wait
-                # notices a client that left in time to release its subscriptions.
-                # The writer cuts it short when it ends the stream.
-                writer.wait = asyncio.timeout(None)
-                async with writer.wait:
+                if not self._done:
+                    # An idle stream writes nothing for long stretches, so only this
+                    # wait notices a client that left in time to release its
+                    # subscriptions. `_end` cancels it when the stream ends.
+                    self._task = task
                     while (await receive())["type"] != "http.disconnect":
                         pass
-            except TimeoutError:
-                if writer.failure is not None:
-                    await self._report(receive, send, writer.failure)
+            except asyncio.CancelledError:
+                # Ours (the stream ended) unless someone else cancelled the request too.
+                if self._task is not None or task.uncancel() > cancelling:
+                    raise
             except Exception as error:  # a server that fails receive() once the client left
                 logger.debug("receive() failed, taking the client as gone: %r", error)
             finally:
-                writer.stop()
-                clock.cancel()
+                self._stop()
                 watcher.close()
+            if self._failure is not None:
+                await self._report(receive, send, self._failure)
         finally:
-            await watch.__aexit__(None, None, None)
+            await watcher.__aexit__(None, None, None)
 
-    async def _open(self, watcher: Watcher, send: Send) -> bool:
+    def _start(self, watcher: Watcher, send: Send, opening: _Opening) -> None:
+        """Become *watcher*'s writer and start the clock."""
+        loop = asyncio.get_running_loop()
+        self._watcher = watcher
+        self._send = send if opening.frame_send is None else opening.frame_send(send)
+        self._context = contextvars.copy_context()
+        now = loop.time()
+        self._heartbeat_at = now + self._heartbeat
+        if self._renew is not None:
+            self._renew_at = now + opening.renew_after
+        if opening.max_lifetime is not None:
+            self._ends_at = now + opening.max_lifetime
+        self._bucket = _wheel(loop).add(self, self._due())
+        watcher.attach(self)
+
+    # The watcher's writer (`streamui.broker.StreamWriter`), called by the broker's
+    # fan-out once per event-loop turn.
+    #
+    # With *eager_writes*, a write calls the app's ``send`` (the whole middleware chain)
+    # and steps the coroutine by hand, in the stream's own context, so a frame travels
+    # exactly the path any response body does, in order, on any server. A write that
+    # completes in that one step (the common case: the server hands the bytes to the
+    # socket) costs no task at all. A write that must wait (flow control, a middleware
+    # that awaits) is finished by a task, which then writes what coalesced meanwhile and
+    # ends. Without *eager_writes*, every write is made by such a task.
+    #
+    # When the watcher is closed by the server, the writer completes the body (with the
+    # ``retry:`` delay the broker chose) and ends the request's wait; a failed write
+    # ends it too, and is reported there.
+
+    def kick(self) -> None:
+        """Write what the watcher has ready, or complete the body if it was closed."""
+        if self._writing is not None or self._done:
+            return  # a write in flight writes what is pending when it finishes
+        frame, more = self._next()
+        if frame is not None:
+            self.write(frame, more=more)
+
+    def write(self, frame: bytes, *, more: bool = True) -> bool:
+        """Write *frame* now, unless a write is in flight (then False: mark it)."""
+        if self._writing is not None or self._done:
+            return False
+        message = {"type": "http.response.body", "body": frame, "more_body": more}
+        started: _Suspended | None = None
+        if self._eager:
+            try:
+                started = self._context.run(_first_step, self._send, message)
+            except Exception as error:
+                self._end(error)
+                return True
+            if started is None:  # written
+                if not more:
+                    self._end()
+                return True
+        self._writing = asyncio.get_running_loop().create_task(
+            self._finish(started, message, more), context=self._context
+        )
+        return True
+
+    def _next(self) -> tuple[bytes | None, bool]:
+        """The next frame, and whether the body goes on after it."""
+        watcher = self._watcher
+        if watcher.closed:  # ended by the server: complete the body cleanly
+            last = b""
+            if watcher.reconnect_after is not None:
+                last = f"retry: {watcher.reconnect_after}\n\n".encode()
+            return last, False
+        return watcher.take() or None, True
+
+    async def _finish(
+        self,
+        started: _Suspended | None,
+        message: dict[str, object],
+        more: bool,
+    ) -> None:
+        """Drive a write to its end (*started*: stepped by hand until it waited), then
+        write what is ready, as the stream's own task would have."""
+        send = self._send
+        try:
+            if started is None:
+                await send(message)  # type: ignore[arg-type]
+            else:
+                await _resume(started)
+            while more:
+                frame, more = self._next()
+                if frame is None:
+                    break
+                await send(_body(frame, more=more))  # type: ignore[arg-type]
+        except Exception as error:
+            self._writing = None
+            self._end(error)
+            return
+        self._writing = None
+        if not more:
+            self._end()
+
+    def _end(self, failure: Exception | None = None) -> None:
+        """The body is complete, or a write failed: stop writing, end the request's wait."""
+        self._done = True
+        self._failure = failure
+        self._watcher.attach(None)
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+
+    def _stop(self) -> None:
+        """No more writes or ticks; cancel a write or renewal in flight (the client
+        left, or the request ends)."""
+        self._done = True
+        self._task = None
+        self._watcher.attach(None)
+        if self._writing is not None:
+            self._writing.cancel()
+        if self._bucket is not None:
+            self._bucket.discard(self)
+            self._bucket = None
+        if self._renewing is not None:
+            self._renewing.cancel()
+
+    # The stream's clock: the next heartbeat, token renewal and the end of its maximum
+    # lifetime, ticked by the loop's `_Wheel`.
+
+    def _due(self) -> float:
+        due = self._heartbeat_at
+        if self._renew_at is not None:
+            due = min(due, self._renew_at)
+        if self._ends_at is not None:
+            due = min(due, self._ends_at)
+        return due
+
+    def tick(self, wheel: _Wheel, now: float) -> None:
+        """Called by *wheel* when the stream's next due time has come."""
+        watcher = self._watcher
+        # What is due within the bucket is due now (rounding never leaves it behind).
+        due = now + _RESOLUTION / 2
+        if self._ends_at is not None and due >= self._ends_at:
+            self._ends_at = None
+            watcher.close()
+        if due >= self._heartbeat_at:
+            watcher.heartbeat()
+            self._heartbeat_at = now + self._heartbeat
+        if self._renew_at is not None and due >= self._renew_at:
+            if self._renewing is None:
+                self._renewing = wheel.loop.create_task(self._renewal())
+            self._renew_at = now + self._renew_every
+        self._bucket = wheel.add(self, self._due())
+
+    async def _renewal(self) -> None:
+        renew, watcher = self._renew, self._watcher
+        assert renew is not None
+        try:
+            frame = await renew()
+        except Exception as error:
+            logger.warning("renewing a stream's tokens failed, ending it: %r", error)
+            frame = None
+        finally:
+            self._renewing = None
+        if frame is None:
+            watcher.close()  # the browser reconnects, and is told why it may not
+        else:
+            watcher.push(frame)
+
+    @staticmethod
+    async def _open(watcher: Watcher, send: Send, greeting: Callable[[str], bytes] | None) -> bool:
         """Start the response and write the opening frame; False if that failed."""
         try:
             await _opening_write(
@@ -198,9 +397,8 @@ class EventStream:
             )
             opening_id, watcher.opening_id = watcher.opening_id, ""  # used once
             opening = f"id: {opening_id}\nretry: {RETRY_MS}\n\n".encode()
-            if self._greeting is not None:
-                opening += self._greeting(opening_id)
-                self._greeting = None  # used once: what it holds need not live on
+            if greeting is not None:
+                opening += greeting(opening_id)
             await _opening_write(send(_body(opening, more=True)))  # type: ignore[arg-type]
         except _ClientLeft:
             return False
@@ -260,20 +458,21 @@ _RESOLUTION: Final = 0.05
 
 
 class _Wheel:
-    """One timer for the clocks of every stream on an event loop: clocks wait in
+    """One timer for the clocks of every stream on an event loop: streams wait in
     buckets of `_RESOLUTION` seconds, so an open stream holds no timer of its own."""
 
-    __slots__ = ("__weakref__", "_buckets", "_handle", "_loop", "_slots")
+    __slots__ = ("__weakref__", "_buckets", "_handle", "_slots", "loop")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._buckets: dict[int, set[_Clock]] = {}
+        self.loop = loop
+        self._buckets: dict[int, set[EventStream]] = {}
         self._slots: list[int] = []
         """The buckets' numbers, as a heap: the first is the next to fire."""
         self._handle: asyncio.TimerHandle | None = None
 
-    def add(self, clock: _Clock, when: float) -> int:
-        """Tick *clock* at *when* (or up to `_RESOLUTION` later); returns its slot."""
+    def add(self, stream: EventStream, when: float) -> set[EventStream]:
+        """Tick *stream* at *when* (or up to `_RESOLUTION` later); returns the bucket it
+        waits in (a stream that stops discards itself from it)."""
         slot = math.ceil(when / _RESOLUTION)
         bucket = self._buckets.get(slot)
         if bucket is None:
@@ -282,30 +481,27 @@ class _Wheel:
             if self._slots[0] == slot:
                 if self._handle is not None:
                     self._handle.cancel()
-                self._handle = self._loop.call_at(slot * _RESOLUTION, self._fire)
-        bucket.add(clock)
-        return slot
-
-    def remove(self, clock: _Clock, slot: int) -> None:
-        bucket = self._buckets.get(slot)
-        if bucket is not None:
-            bucket.discard(clock)
+                self._handle = self.loop.call_at(slot * _RESOLUTION, self._fire)
+        bucket.add(stream)
+        return bucket
 
     def _fire(self) -> None:
         self._handle = None
-        now = self._loop.time()
+        now = self.loop.time()
         due = []
         slots = self._slots
         while slots and slots[0] * _RESOLUTION <= now:
             due.append(self._buckets.pop(heapq.heappop(slots)))
         for bucket in due:
-            for clock in bucket:
+            for stream in list(bucket):
+                if stream not in bucket:
+                    continue  # stopped by a tick before it
                 try:
-                    clock.tick()
+                    stream.tick(self, now)
                 except Exception:  # one broken stream must not stop every clock
                     logger.exception("a stream's clock failed")
         if slots and self._handle is None:
-            self._handle = self._loop.call_at(slots[0] * _RESOLUTION, self._fire)
+            self._handle = self.loop.call_at(slots[0] * _RESOLUTION, self._fire)
 
 
 _wheels: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Wheel] = weakref.WeakKeyDictionary()
@@ -318,208 +514,19 @@ def _wheel(loop: asyncio.AbstractEventLoop) -> _Wheel:
     return wheel
 
 
-class _Clock:
-    """A stream's due times: the next heartbeat, token renewal and the end of its
-    maximum lifetime, ticked by the loop's `_Wheel`."""
+class _Opening(NamedTuple):
+    """What an `EventStream` needs only to open."""
 
-    __slots__ = (
-        "_ends_at",
-        "_heartbeat_at",
-        "_loop",
-        "_renew_at",
-        "_slot",
-        "_stream",
-        "_watcher",
-        "_wheel",
-        "renewing",
-    )
-
-    def __init__(
-        self, loop: asyncio.AbstractEventLoop, stream: EventStream, watcher: Watcher
-    ) -> None:
-        self._loop = loop
-        self._stream = stream
-        self._watcher = watcher
-        self.renewing: asyncio.Task[None] | None = None
-        now = loop.time()
-        self._heartbeat_at = now + stream._heartbeat
-        self._renew_at = now + stream._renew_after if stream._renew is not None else None
-        self._ends_at = now + stream._max_lifetime if stream._max_lifetime is not None else None
-        self._wheel = _wheel(loop)
-        self._slot: int | None = self._wheel.add(self, self._due())
-
-    def _due(self) -> float:
-        due = self._heartbeat_at
-        if self._renew_at is not None:
-            due = min(due, self._renew_at)
-        if self._ends_at is not None:
-            due = min(due, self._ends_at)
-        return due
-
-    def tick(self) -> None:
-        now = self._loop.time()
-        # What is due within the bucket is due now (rounding never leaves it behind).
-        due = now + _RESOLUTION / 2
-        stream, watcher = self._stream, self._watcher
-        if self._ends_at is not None and due >= self._ends_at:
-            self._ends_at = None
-            watcher.close()
-        if due >= self._heartbeat_at:
-            watcher.heartbeat()
-            self._heartbeat_at = now + stream._heartbeat
-        if self._renew_at is not None and due >= self._renew_at:
-            if self.renewing is None:
-                self.renewing = self._loop.create_task(self._renew())
-            self._renew_at = now + stream._renew_every
-        self._slot = self._wheel.add(self, self._due())
-
-    async def _renew(self) -> None:
-        renew = self._stream._renew
-        assert renew is not None
-        try:
-            frame = await renew()
-        except Exception as error:
-            logger.warning("renewing a stream's tokens failed, ending it: %r", error)
-            frame = None
-        finally:
-            self.renewing = None
-        if frame is None:
-            self._watcher.close()  # the browser reconnects, and is told why it may not
-        else:
-            self._watcher.push(frame)
-
-    def cancel(self) -> None:
-        if self._slot is not None:
-            self._wheel.remove(self, self._slot)
-            self._slot = None
-        if self.renewing is not None:
-            self.renewing.cancel()
-
-
-class _Writer:
-    """Writes a stream's frames whenever its watcher has something (attached to it,
-    it is called from the broker's one callback per event-loop turn).
-
-    With *eager*, it calls the app's ``send`` (the whole middleware chain) and steps
-    the coroutine by hand, in the stream's own context, so a frame travels exactly
-    the path any response body does, in order, on any server. A write that completes
-    in that one step (the common case: the server hands the bytes to the socket) costs
-    no task at all. A write that must wait (flow control, a middleware that awaits) is
-    finished by a task, which then writes what coalesced meanwhile and ends. Without
-    *eager*, every write is made by such a task.
-
-    When the watcher is closed by the server, it completes the body (with the
-    ``retry:`` delay the broker chose) and ends the request's wait; a failed write
-    ends it too, and is reported there.
-    """
-
-    __slots__ = (
-        "_context",
-        "_eager",
-        "_loop",
-        "_send",
-        "_watcher",
-        "done",
-        "failure",
-        "task",
-        "wait",
-    )
-
-    def __init__(
-        self, loop: asyncio.AbstractEventLoop, watcher: Watcher, send: Send, *, eager: bool
-    ) -> None:
-        self._loop = loop
-        self._watcher = watcher
-        self._send = send
-        self._eager = eager
-        self._context = contextvars.copy_context()
-        self.task: asyncio.Task[None] | None = None
-        """A write that must wait, and those after it."""
-        self.done = False
-        self.failure: Exception | None = None
-        self.wait: asyncio.Timeout | None = None
-        """The request's wait, cut short when the writer ends the stream."""
-        watcher.attach(self)
-
-    def kick(self) -> None:
-        if self.task is not None or self.done:
-            return  # a write in flight writes what is pending when it finishes
-        frame, more = self._next()
-        if frame is not None:
-            self.write(frame, more=more)
-
-    def write(self, frame: bytes, *, more: bool = True) -> bool:
-        """Write *frame* now, unless a write is in flight (then False: mark it)."""
-        if self.task is not None or self.done:
-            return False
-        message = {"type": "http.response.body", "body": frame, "more_body": more}
-        started: _Suspended | None = None
-        if self._eager:
-            try:
-                started = self._context.run(_first_step, self._send, message)
-            except Exception as error:
-                self._end(error)
-                return True
-            if started is None:  # written
-                if not more:
-                    self._end()
-                return True
-        self.task = self._loop.create_task(
-            self._finish(started, message, more), context=self._context
-        )
-        return True
-
-    def _next(self) -> tuple[bytes | None, bool]:
-        """The next frame, and whether the body goes on after it."""
-        watcher = self._watcher
-        if watcher.closed:  # ended by the server: complete the body cleanly
-            last = b""
-            if watcher.reconnect_after is not None:
-                last = f"retry: {watcher.reconnect_after}\n\n".encode()
-            return last, False
-        return watcher.take() or None, True
-
-    async def _finish(
-        self,
-        started: _Suspended | None,
-        message: dict[str, object],
-        more: bool,
-    ) -> None:
-        """Drive a write to its end (*started*: stepped by hand until it waited), then
-        write what is ready, as the stream's own task would have."""
-        try:
-            if started is None:
-                await self._send(message)  # type: ignore[arg-type]
-            else:
-                await _resume(started)
-            while more:
-                frame, more = self._next()
-                if frame is None:
-                    break
-                await self._send(_body(frame, more=more))  # type: ignore[arg-type]
-        except Exception as error:
-            self.task = None
-            self._end(error)
-            return
-        self.task = None
-        if not more:
-            self._end()
-
-    def _end(self, failure: Exception | None = None) -> None:
-        """The body is complete, or a write failed: stop writing, end the request's wait."""
-        self.done = True
-        self.failure = failure
-        self._watcher.attach(None)
-        wait, self.wait = self.wait, None
-        if wait is not None:
-            wait.reschedule(self._loop.time())
-
-    def stop(self) -> None:
-        """No more writes; cancel one in flight (the client left, or the request ends)."""
-        self.done = True
-        self._watcher.attach(None)
-        if self.task is not None:
-            self.task.cancel()
+    broker: Broker
+    scopes: tuple[str, ...]
+    rendered_at: float | None
+    after: str | None
+    resume: bool
+    clock: str | None
+    greeting: Callable[[str], bytes] | None
+    max_lifetime: float | None
+    renew_after: float
+    frame_send: Callable[[Send], Send] | None
 
 
 class _Suspended(NamedTuple):
