@@ -211,6 +211,10 @@ class _Pattern:
             watcher.mark(key, revision, data)
 
 
+_PACE_FROM: Final = 0.001
+"""Seconds: a flush that took at least this long (writing to a hundred streams or more)
+paces the next one when it is asked for in the same event-loop turn (see `_flush_soon`)."""
+
 _NEVER: Final = 2**63
 """A revision no broker reaches: "not known from any point"."""
 
@@ -484,6 +488,10 @@ class Broker:
         self._dirty: list[_Pattern] = []
         self._ready: list[Watcher] = []
         self._flush_due = False
+        self._flushed_this_turn = False
+        self._flush_ended = 0.0
+        self._flush_took = 0.0
+        """Loop time at which the last flush ended, and how long it took (pacing)."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started_at = float("inf")
         self._closed = False
@@ -857,11 +865,25 @@ class Broker:
 
     def _flush_soon(self) -> None:
         self._flush_due = True
-        asyncio.get_running_loop().call_soon(self._flush)
+        loop = asyncio.get_running_loop()
+        if self._flushed_this_turn and self._flush_took >= _PACE_FROM:
+            # A producer that yields to nothing but the loop (sleep(0), a lock, a queue
+            # with items) invalidates again in the very turn a costly flush ran: wait as
+            # long as that flush took, so what it invalidates meanwhile goes out as one
+            # frame per stream and the flushes take at most half the time of a burst.
+            # What arrives by I/O comes a turn later and is flushed at once.
+            loop.call_at(self._flush_ended + self._flush_took, self._flush)
+        else:
+            loop.call_soon(self._flush)
+
+    def _next_turn(self) -> None:
+        self._flushed_this_turn = False
 
     def _flush(self) -> None:
         """Once per event-loop turn with changes: mark the watchers of every pattern
         delivered to, then call the attached writers that have something to write."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         try:
             while self._dirty or self._ready:
                 dirty, self._dirty = self._dirty, []
@@ -876,6 +898,11 @@ class Broker:
                         writer.kick()
         finally:
             self._flush_due = False
+            self._flush_ended = ended = loop.time()
+            self._flush_took = ended - started
+            if not self._flushed_this_turn:
+                self._flushed_this_turn = True
+                loop.call_soon(self._next_turn)  # runs after what is ready this turn
 
     def _receive(self, subject: str, payload: bytes) -> None:
         """upstream="all": every invalidation of the prefix."""

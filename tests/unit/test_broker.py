@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -248,6 +249,72 @@ async def test_a_burst_in_one_turn_marks_each_watcher_once(
             assert revision == broker.revision
             # The last payload of the burst, with the scope that carried it.
             assert signals["_streamData"] == {"a_WILD": {"scope": "a:3", "data": 500}}
+
+
+class SlowWriter:
+    """A stream writer whose every write takes *seconds* of CPU, as writing to a few
+    hundred streams does; it records the revision of every frame it writes."""
+
+    def __init__(self, watcher: Watcher, seconds: float) -> None:
+        self.watcher = watcher
+        self.seconds = seconds
+        self.revisions: list[int] = []
+        self.wrote = asyncio.Event()
+        watcher.attach(self)
+
+    def kick(self) -> None:
+        frame = self.watcher.take()
+        if frame:
+            self.write(frame)
+
+    def write(self, frame: bytes) -> bool:
+        deadline = time.perf_counter() + self.seconds
+        while time.perf_counter() < deadline:
+            pass
+        (event,) = parse_events(frame)
+        self.revisions.append(revision_of(event.id))
+        self.wrote.set()
+        return True
+
+
+async def test_a_burst_that_yields_to_the_loop_coalesces_behind_a_costly_flush(
+    broker: Broker,
+) -> None:
+    # The producer yields after every invalidation, so each would get a flush of its
+    # own; behind a flush that cost 5 ms, the next waits as long, and what the
+    # producer invalidates meanwhile goes out as one frame.
+    async with broker.watch(["a:1"]) as watcher:
+        writer = SlowWriter(watcher, 0.005)
+        started = time.perf_counter()
+        invalidations = 0
+        while time.perf_counter() - started < 0.5:
+            await broker.invalidate("a:1")
+            invalidations += 1
+            await asyncio.sleep(0)
+        last = broker.revision
+        async with asyncio.timeout(WAIT):
+            while not writer.revisions or writer.revisions[-1] != last:
+                writer.wrote.clear()
+                await writer.wrote.wait()
+    # Unpaced, every invalidation costs a 5 ms flush: 100 frames in 0.5 s, one each.
+    assert invalidations > 5 * len(writer.revisions), (invalidations, len(writer.revisions))
+    assert writer.revisions == sorted(set(writer.revisions))
+
+
+async def test_a_change_in_a_later_turn_is_not_held_back_by_a_costly_flush(
+    broker: Broker,
+) -> None:
+    # What arrives by I/O (a request, a NATS message) comes in a later turn than the
+    # flush before it, and is written in the next turn, however long that flush took.
+    async with broker.watch(["a:1"]) as watcher:
+        writer = SlowWriter(watcher, 0.005)
+        await broker.invalidate("a:1")
+        await asyncio.sleep(0)
+        assert len(writer.revisions) == 1
+        await asyncio.sleep(0)  # a later turn
+        await broker.invalidate("a:1")
+        await asyncio.sleep(0)
+        assert writer.revisions == [writer.revisions[0], broker.revision]
 
 
 async def test_a_cancelled_wait_leaves_nothing_to_wake(broker: Broker) -> None:
