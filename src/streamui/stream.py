@@ -356,7 +356,7 @@ class EventStream:
             due = min(due, self._ends_at)
         return due
 
-    def tick(self, wheel: _Wheel, now: float) -> None:
+    def _tick(self, wheel: _Wheel, now: float) -> None:
         """Called by *wheel* when the stream's next due time has come."""
         watcher = self._watcher
         # What is due within the bucket is due now (rounding never leaves it behind).
@@ -497,7 +497,7 @@ class _Wheel:
                 if stream not in bucket:
                     continue  # stopped by a tick before it
                 try:
-                    stream.tick(self, now)
+                    stream._tick(self, now)
                 except Exception:  # one broken stream must not stop every clock
                     logger.exception("a stream's clock failed")
         if slots and self._handle is None:
