@@ -1,9 +1,10 @@
 """The app of the many-tabs browser tests: small pages, each with two live components.
 
-- ``GET /tab/{n}``: ``#board`` watches ``board``; ``#note`` watches ``board`` and
+- ``GET /tab/{n}[?tamper=1]``: ``#board`` watches ``board``; ``#note`` watches ``board`` and
   ``note:{n}``; a "More" button loads ``/more/{n}``, a fragment whose ``#extra`` watches
   ``extra:{n}`` and ends with `JoinStream()`. Then `Connect()`, and ``#error`` showing
-  ``$_streamError``. Page loads are counted per tab number.
+  ``$_streamError``. Page loads are counted per tab number. With ``tamper=1`` the
+  page's stream token has a signature that does not match (the server refuses it).
 - ``GET /board``, ``/note/{n}``, ``/extra/{n}``: what the components re-fetch; each shows
   the current version of its scopes, and every such request is counted by path.
 - `TabsApp.bump` changes a scope's version and invalidates it, as an app's handler would.
@@ -12,14 +13,16 @@
 
 # Annotations are evaluated at runtime (no `from __future__ import annotations`): Litestar
 # reads the handlers' signatures.
+import re
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from htpy import Element, body, button, div, h1, head, html, link, p, script, title
 from litestar import Litestar, MediaType, get
-from litestar.params import FromPath
+from litestar.params import FromPath, FromQuery
 from litestar.response import File
 
 from streamui import Broker, Connect, JoinStream, Watch
@@ -29,6 +32,8 @@ from streamui.litestar import StreamConfig, StreamPlugin
 __all__ = ["TabsApp", "make_tabs_app"]
 
 SECRET = "tabs-tests-secret-0123456789abcdef"
+_TOKEN_MAC = re.compile(r"(eyJ[A-Za-z0-9_-]+\.)[A-Za-z0-9_-]{43}")
+"""A stream token in a page, up to its signature."""
 
 
 @dataclass
@@ -59,11 +64,13 @@ def make_tabs_app(
     share: bool = True,
     broker: Broker | None = None,
     versions: Counter[str] | None = None,
+    middleware: Sequence[Any] = (),
     **config: Any,
 ) -> TabsApp:
     """The app; *broker* (default: in-process) is started and closed by the app.
-    *versions* carries the data over from an app this one replaces (a restart), and
-    *config* goes to `StreamConfig` (default secret: `SECRET`)."""
+    *versions* carries the data over from an app this one replaces (a restart),
+    *middleware* goes to the app, and *config* to `StreamConfig` (default secret:
+    `SECRET`)."""
     broker = broker or Broker()
     config.setdefault("secret", SECRET)
     state: TabsApp
@@ -80,9 +87,9 @@ def make_tabs_app(
         return Watch(f"extra:{n}", f"/extra/{n}", id="extra")[p(".v")[f"extra {version}"]]
 
     @get("/tab/{n:int}", media_type=MediaType.HTML)
-    async def tab(n: FromPath[int]) -> str:
+    async def tab(n: FromPath[int], tamper: FromQuery[bool] = False) -> str:
         state.pages[n] += 1
-        return str(
+        page = str(
             html[
                 head[
                     title[f"tab {n}"],
@@ -100,6 +107,8 @@ def make_tabs_app(
                 ],
             ]
         )
+        # ?tamper=1: the page's stream token carries a signature that does not match.
+        return _TOKEN_MAC.sub(r"\1" + "A" * 43, page) if tamper else page
 
     @get("/board", media_type=MediaType.HTML)
     async def board_fragment() -> str:
@@ -126,6 +135,7 @@ def make_tabs_app(
 
     app = Litestar(
         route_handlers=[tab, board_fragment, note_fragment, more, extra_fragment, datastar_js],
+        middleware=list(middleware),
         plugins=[StreamPlugin(StreamConfig(broker=broker, share_across_tabs=share, **config))],
     )
     state = TabsApp(app, broker)

@@ -852,6 +852,10 @@ class Leader {
         this.reconcile();
         return;
       }
+      // The tabs that held them left (or renewed them) while the server answered: the
+      // others are not refused, and a stream without those tokens opens at once.
+      this.reconcile();
+      return;
     }
     this.stopped = this.tokenSet();
     for (const id of connection.served) this.refuse(id, refusal);
