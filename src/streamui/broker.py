@@ -353,12 +353,12 @@ class Watcher:
     @property
     def keys(self) -> tuple[str, ...]:
         """The signal names of `scopes` (`scope_key`), in order."""
-        return tuple(scope_key(value) for value in self.scopes)
+        return tuple(self._broker._keys(self))
 
     def mark_all(self, revision: int | None = None) -> None:
         """Push every scope once (resume after a disconnect, or a reconnect upstream)."""
         revision = revision or self._broker.next_revision()
-        for key in self._broker._keys(self):
+        for key in self.keys:
             self.mark(key, revision)
 
     def heartbeat(self) -> None:
