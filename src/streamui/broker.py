@@ -72,7 +72,7 @@ from streamui.transports import InProcessTransport, SubjectTrie, Subscription, T
 
 if TYPE_CHECKING:
     import concurrent.futures
-    from collections.abc import Iterable
+    from collections.abc import Callable, Iterable, Sequence
     from types import TracebackType
     from typing import Self
 
@@ -421,7 +421,8 @@ class Broker:
 
     ``Broker()`` uses the in-process transport (one process). For several processes or
     machines pass a NATS transport: ``Broker(NatsTransport(...))``. Use it as an async
-    context manager, or call `start` and `close` (the Litestar plugin does it for you).
+    context manager, or call `start` and `close` (the Litestar plugin does it for you);
+    a closed broker can be started again.
 
     *upstream* is what the broker subscribes to: ``"all"`` (the default) receives every
     invalidation of the prefix, which makes every catch-up exact; ``"watched"`` receives
@@ -463,6 +464,8 @@ class Broker:
         """How streams started: ``"exact"`` (pushed only what changed after their point),
         ``"everything"`` (pushed every scope, or every scope of a pattern, because the
         broker could not know) and ``"resume"`` (asked to push everything)."""
+        self._recorders: list[Callable[[Sequence[str], object], None]] = []
+        """`streamui.testing.recorded_invalidations`: told every invalidation made here."""
         self._patterns: dict[str, _Pattern] = {}
         self._trie = SubjectTrie()
         """upstream="all": subject pattern -> its `_Pattern`."""
@@ -499,10 +502,20 @@ class Broker:
     # -- lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:
-        if self._closed:
-            raise BrokerStateError("this Broker was closed; create a new one")
+        """Connect the transport and subscribe; starting a started broker does nothing.
+
+        A closed broker starts again, as new: an app's lifespan may run more than once in
+        one process (each test that serves a module-level app), and the app's code keeps
+        the broker it was given. Its streams ended at the close; a watch still leaving
+        from then changes nothing of the new run.
+        """
         if self._loop is not None:
             return
+        if self._closed:
+            self._closed = False
+            self._dirty.clear()
+            self._ready.clear()
+            self._flush_due = self._flushed_this_turn = False  # callbacks of the old loop
         await self.transport.start(on_reconnect=self._resync)
         self._loop = asyncio.get_running_loop()
         self._started_at = _now()
@@ -613,6 +626,8 @@ class Broker:
         concrete = [validate_scope(value, allow_wildcards=False) for value in scopes]
         payload = _encode_data(data, self.max_data_bytes)
         self._require_started()
+        for record in self._recorders:
+            record(concrete, data)
         for value in concrete:
             await self.transport.publish(scope_subject(value, self.prefix), payload)
 
@@ -805,8 +820,8 @@ class Broker:
         dropped: list[Subscription] = []
         for value in watcher.scopes:
             entry = self._patterns.get(value)
-            if entry is None:
-                continue
+            if entry is None or watcher not in entry.watchers:
+                continue  # (also: a watch of the run before a restart)
             entry.watchers.discard(watcher)
             if not entry.watchers:
                 del self._patterns[value]

@@ -131,6 +131,8 @@ class NatsTransport(Transport):
         return self._connection
 
     async def start(self, on_reconnect: Callable[[], None] | None = None) -> None:
+        self._closing = False  # (started again after a close: a broker that restarts)
+
         async def reconnected() -> None:
             url = self.connection.connected_url
             logger.info("reconnected to NATS at %s", url.geturl() if url else "?")
@@ -180,6 +182,8 @@ class NatsTransport(Transport):
         for subscription in list(self._subscriptions):
             await subscription.unsubscribe()
         connection = self._connection
+        if self._owns_connection:
+            self._connection = None  # a start after this connects anew
         if self._owns_connection and connection is not None and not connection.is_closed:
             if connection.is_connected:
                 try:

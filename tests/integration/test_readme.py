@@ -15,15 +15,20 @@ from tests.support import SSEReader, revision_of, serve, stream_path, stream_tok
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 
-def readme_example() -> dict[str, Any]:
+def readme_code() -> str:
+    """The README's usage example: the poll app."""
     text = README.read_text()
     usage = text[text.index("## Usage") :]
     code = re.search(r"```python\n(.*?)```", usage, re.DOTALL)
     assert code, "the README's Usage section has no python block"
+    return code.group(1)
+
+
+def readme_example() -> dict[str, Any]:
     # A real module: Litestar resolves handler annotations through sys.modules.
     module = types.ModuleType("readme_example")
     sys.modules[module.__name__] = module
-    exec(compile(code.group(1), str(README), "exec"), module.__dict__)
+    exec(compile(readme_code(), str(README), "exec"), module.__dict__)
     return module.__dict__
 
 

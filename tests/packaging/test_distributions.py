@@ -98,13 +98,16 @@ def test_the_wheel_holds_the_package_and_nothing_else(built: Built) -> None:
     assert set(names) - {f"streamui-{version}.dist-info/{n}" for n in dist_info} == (
         package_files()
     )
-    assert dist_info == {"METADATA", "WHEEL", "RECORD", "licenses/LICENSE"}
+    assert dist_info == {"METADATA", "WHEEL", "RECORD", "entry_points.txt", "licenses/LICENSE"}
     # The JavaScript is streamui's own module, as in the tree; Datastar is never shipped.
     assert (
         built.wheel_file("streamui/static/streamui.js")
         == (PACKAGE / "static" / "streamui.js").read_bytes()
     )
     assert [n for n in names if n.endswith(".js")] == ["streamui/static/streamui.js"]
+    # pytest finds the plugin (streamui.testing's fixtures) wherever the wheel is installed.
+    entry_points = built.wheel_file(f"streamui-{version}.dist-info/entry_points.txt").decode()
+    assert "[pytest11]\nstreamui = streamui.pytest_plugin" in entry_points
 
 
 def test_the_metadata_names_the_version_license_and_requirements(built: Built) -> None:

@@ -872,9 +872,31 @@ async def test_using_a_broker_after_close_is_an_error() -> None:
     with pytest.raises(BrokerStateError, match="the Broker is closed"):
         async with broker.watch(["a:1"]):
             pass
-    with pytest.raises(BrokerStateError, match="was closed; create a new one"):
-        await broker.start()
     await broker.close()  # closing twice is harmless
+
+
+@pytest.mark.parametrize("upstream", ["all", "watched"])
+async def test_a_closed_broker_starts_again_as_new(upstream: Upstream) -> None:
+    """An app's lifespan may run twice in a process (a module-level app served by each
+    test): the broker it holds starts again and streams as before."""
+    transport = InProcessTransport() if upstream == "all" else SharedBus()
+    broker = Broker(transport, upstream=upstream)
+    await broker.start()
+    stale = broker.watch(["a:1"])
+    await stale.__aenter__()
+    await broker.invalidate("a:1")  # queued for a flush the close pre-empts
+    await broker.close()
+    await broker.start()
+    async with broker.watch(["a:*"]) as watcher:
+        await stale.__aexit__(None, None, None)  # the old run's watch leaves late
+        assert broker.pattern_count == 1
+        await broker.invalidate("a:2")
+        await asyncio.wait_for(watcher.wait(), 5)
+        assert watcher.keys == ("a_WILD",)
+        assert b'"a_WILD"' in watcher.take()
+    assert broker.watcher_count == 0
+    assert broker.pattern_count == 0
+    await broker.close()
 
 
 @pytest.mark.parametrize("upstream", ["all", "watched"])
