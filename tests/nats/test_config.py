@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 import nats
-from streamui import Broker, InProcessTransport
+from streamui import DEFAULT_PREFIX, Broker, InProcessTransport
 from streamui.errors import ConfigurationError
 from streamui.litestar import SECRET_ENV, StreamConfig, StreamPlugin
 from streamui.nats import NATS_URL_ENV, NatsTransport
@@ -262,3 +262,18 @@ async def test_the_binary_can_be_named_by_the_environment(
         connection = await nats.connect(server.url)
         assert connection.is_connected
         await connection.close()
+
+
+async def test_a_broker_on_nats_starts_again_after_close(nats_server: NatsServer) -> None:
+    """An app's lifespan run twice (tests serving one module-level app): the second run
+    connects anew and receives invalidations as the first did."""
+    broker = Broker(NatsTransport(servers=nats_server.url))
+    async with asyncio.timeout(WAIT):
+        for _ in range(2):
+            await broker.start()
+            async with broker.watch(["invoice:*"]) as watcher:
+                await broker.invalidate("invoice:42")
+                await watcher.wait()
+                assert b'"invoice_WILD"' in watcher.take()
+            await broker.close()
+            await wait_for_server_subscriptions(nats_server, f"{DEFAULT_PREFIX}.>", 0)
