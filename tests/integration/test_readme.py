@@ -15,13 +15,14 @@ from tests.support import SSEReader, revision_of, serve, stream_path, stream_tok
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 
-def readme_code() -> str:
-    """The README's usage example: the poll app."""
+def readme_code(section: str = "Usage", index: int = 0) -> str:
+    """The *index*-th python block of a README section (default: the poll app)."""
     text = README.read_text()
-    usage = text[text.index("## Usage") :]
-    code = re.search(r"```python\n(.*?)```", usage, re.DOTALL)
-    assert code, "the README's Usage section has no python block"
-    return code.group(1)
+    start = text.index(f"## {section}\n")
+    end = text.find("\n## ", start + 1)
+    blocks = re.findall(r"```python\n(.*?)```", text[start:end], re.DOTALL)
+    assert len(blocks) > index, f"the README's {section} section has no python block {index}"
+    return str(blocks[index])
 
 
 def readme_example() -> dict[str, Any]:

@@ -21,7 +21,7 @@ from streamui.testing import (
     broker_of,
     recorded_invalidations,
 )
-from tests.integration.test_readme import readme_example
+from tests.integration.test_readme import readme_code, readme_example
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -59,6 +59,12 @@ async def test_the_readme_poll_pushes_a_vote_to_the_page_that_shows_the_tally(
     # In-process: a render, a stream, a vote and a reload in well under a second (a
     # generous bound: the point is that no server or browser is involved).
     assert time.perf_counter() - started < 1.0
+
+
+async def test_the_readme_testing_example_passes_as_written() -> None:
+    namespace: dict[str, Any] = {"app": readme_example()["app"]}
+    exec(readme_code("Testing your app"), namespace)
+    await namespace["test_a_vote_reloads_the_tally"]()
 
 
 async def test_nothing_is_pushed_for_a_scope_the_page_does_not_watch(
