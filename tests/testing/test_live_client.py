@@ -12,12 +12,14 @@ from litestar import Litestar, get, post
 from litestar.di import NamedDependency  # noqa: TC002 - Litestar reads it at runtime
 from litestar.response import Response
 
-from streamui import Broker, Connect, JoinStream, Watch
+from streamui import Broker, Connect, JoinStream, StreamEndpoint, TokenSigner, Watch
+from streamui.components import use_endpoint
 from streamui.litestar import StreamConfig, StreamPlugin
 from streamui.testing import (
     Invalidation,
     LiveClient,
     StreamRefusedError,
+    _parse_page,
     broker_of,
     recorded_invalidations,
 )
@@ -214,3 +216,14 @@ def test_recorded_invalidations_keeps_order_data_and_threadsafe_calls() -> None:
 def test_broker_of_names_what_is_missing() -> None:
     with pytest.raises(ValueError, match="no streamui broker"):
         broker_of(Litestar([]))
+
+
+@pytest.mark.parametrize("client_url", [None, "/streamui/stream.0123456789ab.js"])
+def test_the_page_is_read_with_or_without_streamuis_module(client_url: str | None) -> None:
+    endpoint = StreamEndpoint('/live/str"eam', TokenSigner(SECRET), client_url=client_url)
+    with use_endpoint(endpoint):
+        html = str(body[Watch("a:1", '/a?x=1&y="2"', id="a"), Connect()])
+    page = _parse_page(html)
+    assert page.stream_path == '/live/str"eam'
+    assert len(page.tokens) == 1
+    assert [(watch.keys, watch.url) for watch in page.watches] == [(("a_1",), '/a?x=1&y="2"')]
