@@ -600,6 +600,17 @@ class Broker:
             )
         return self._loop
 
+    def _require_this_loop(self) -> None:
+        """Refuse a caller on another event loop than the broker's: the broker's state
+        is its loop's alone (another loop would be another thread, or a closed one)."""
+        if asyncio.get_running_loop() is not self._require_started():
+            raise BrokerStateError(
+                "the Broker runs on another event loop than this one (another thread's): "
+                "from there, use invalidate_threadsafe(). In tests, serve the app with "
+                "streamui.testing.LiveClient, which runs its lifespan in the test's loop "
+                "(Litestar's and Starlette's test clients run it on a thread of their own)"
+            )
+
     # -- publishing ------------------------------------------------------------------
 
     async def invalidate(self, scope: str, *, data: object = None) -> None:
@@ -625,7 +636,7 @@ class Broker:
             )
         concrete = [validate_scope(value, allow_wildcards=False) for value in scopes]
         payload = _encode_data(data, self.max_data_bytes)
-        self._require_started()
+        self._require_this_loop()
         for record in self._recorders:
             record(concrete, data)
         for value in concrete:
@@ -768,7 +779,7 @@ class Broker:
         return len(self._watchers)
 
     async def _attach(self, watcher: Watcher) -> None:
-        self._require_started()
+        self._require_this_loop()
         self._watchers.add(watcher)
         try:
             for value in watcher.scopes:

@@ -875,6 +875,36 @@ async def test_using_a_broker_after_close_is_an_error() -> None:
     await broker.close()  # closing twice is harmless
 
 
+def test_a_broker_refuses_callers_on_another_event_loop() -> None:
+    """A broker started on one loop (a test client's thread) used from another (the
+    test's): a clear error, not a broker whose state two threads change at once."""
+    import threading
+
+    broker = Broker()
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        asyncio.run_coroutine_threadsafe(broker.start(), loop).result(WAIT)
+
+        async def from_another_loop() -> None:
+            with pytest.raises(BrokerStateError, match=r"another event loop.*threadsafe"):
+                await broker.invalidate("a:1")
+            with pytest.raises(BrokerStateError, match="another event loop"):
+                async with broker.watch(["a:1"]):
+                    pass
+            # The way across threads still works.
+            await asyncio.wrap_future(broker.invalidate_threadsafe("a:1"))
+
+        asyncio.run(from_another_loop())
+        assert broker.watcher_count == 0
+    finally:
+        asyncio.run_coroutine_threadsafe(broker.close(), loop).result(WAIT)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(WAIT)
+        loop.close()
+
+
 @pytest.mark.parametrize("upstream", ["all", "watched"])
 async def test_a_closed_broker_starts_again_as_new(upstream: Upstream) -> None:
     """An app's lifespan may run twice in a process (a module-level app served by each
