@@ -56,8 +56,6 @@ from streamui.tokens import StreamToken, TokenSigner, unverified_claims
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
-    from litestar.types import Send
-
     from streamui.transports import Transport
 
 __all__ = [
@@ -203,7 +201,7 @@ class StreamService(Generic[RequestT]):
         config: StreamConfig,
         request_factory: Callable[[Any], RequestT],
         *,
-        frame_send: Callable[[Send], Send] | None = None,
+        frame_send: Callable[[Any], Any] | None = None,
         logger: logging.Logger | None = None,
     ) -> None:
         self.config = config
