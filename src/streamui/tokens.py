@@ -40,7 +40,12 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from streamui.errors import ConfigurationError, InvalidScopeError, InvalidTokenError
+from streamui.errors import (
+    ConfigurationError,
+    ExpiredTokenError,
+    InvalidScopeError,
+    InvalidTokenError,
+)
 from streamui.scopes import validate_scope
 
 if TYPE_CHECKING:
@@ -183,12 +188,12 @@ class TokenSigner:
         claims = _parse_payload(raw)
         now = time.time()
         if self.max_age is not None and now - claims.issued_at > self.max_age:
-            raise InvalidTokenError(
+            raise ExpiredTokenError(
                 f"stream token expired (older than {self.max_age:g} s); reload the page"
             )
         expires_at = self.expiry(claims)
         if expires_at is not None and now > expires_at:
-            raise InvalidTokenError(
+            raise ExpiredTokenError(
                 f"stream token expired {now - expires_at:.0f} s ago (it lives "
                 f"{self.lifetime:g} s unless its stream renews it); reload the page"
             )
