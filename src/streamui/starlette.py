@@ -7,7 +7,8 @@ app before it starts:
   route and streamui's browser module, ahead of the app's own routes;
 - starts the broker before the app's own lifespan runs and closes it after, ends every
   stream as soon as the server starts shutting down (`streamui.shutdown`), and sets
-  ``app.state.broker`` (``config.dependency_key``) unless the app set it;
+  ``app.state.broker`` (``config.dependency_key``) unless the app set it, and
+  ``app.state.streamui`` to itself;
 - makes `Connect`, `JoinStream` and `init_scope` sign tokens for this app in every
   request (a pure ASGI middleware, outermost of the app's own).
 
@@ -135,6 +136,7 @@ class StreamUI:
         key = self.config.dependency_key
         if getattr(app.state, key, None) is None:
             setattr(app.state, key, self.broker)
+        app.state.streamui = self
         async with self.service.lifespan():
             yield
 
@@ -156,6 +158,7 @@ class StreamUI:
 
     def install(self, app: Starlette) -> None:
         """Add the routes, the middleware and the lifespan to *app* (before it starts)."""
+        app.state.streamui = self  # (streamui.testing.broker_of finds the broker here)
         app.router.routes[:0] = self.routes
         app.add_middleware(StreamUIMiddleware, service=self.service)
         app.router.lifespan_context = self.wrap_lifespan(app.router.lifespan_context)

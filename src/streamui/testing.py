@@ -141,7 +141,9 @@ def recorded_invalidations(broker: Broker) -> Iterator[Invalidations]:
 
 
 def broker_of(app: object) -> Broker:
-    """The `Broker` that streamui's integration added to *app* (Litestar or Starlette)."""
+    """The `Broker` that streamui's integration added to *app*: a Litestar app's
+    `StreamPlugin`, or the `streamui.starlette.StreamUI` installed in a Starlette or
+    FastAPI app (``app.state.streamui``)."""
     from streamui.litestar import StreamPlugin
 
     plugins = getattr(app, "plugins", None)

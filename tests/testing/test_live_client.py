@@ -7,6 +7,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from examples.fastapi_app import create_app as create_fastapi_app
 from htpy import body, div, p
 from litestar import Litestar, get, post
 from litestar.di import NamedDependency  # noqa: TC002 - Litestar reads it at runtime
@@ -227,3 +228,16 @@ def test_the_page_is_read_with_or_without_streamuis_module(client_url: str | Non
     assert page.stream_path == '/live/str"eam'
     assert len(page.tokens) == 1
     assert [(watch.keys, watch.url) for watch in page.watches] == [(("a_1",), '/a?x=1&y="2"')]
+
+
+async def test_a_fastapi_app_is_tested_the_same_way() -> None:
+    app = create_fastapi_app(secret=SECRET)
+    async with LiveClient(app) as client:
+        page = await client.get("/")
+        async with client.open_stream(page) as stream:
+            with recorded_invalidations(broker_of(app)) as seen:
+                assert (await client.post("/vote")).status_code == 204
+            change = await stream.next_change()
+        assert change.urls == ("/tally",)
+        assert "1 votes" in (await client.get("/tally")).text
+    assert seen.scopes == ["poll:1"]
