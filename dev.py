@@ -5,10 +5,12 @@
     python3 dev.py demo-cluster
                              run it on two workers (:8000 and :8001) that share a managed
                              nats-server and a SQLite file; open one window on each
-    python3 dev.py test      lint, type-check (Python, and the package's JavaScript with
-                             tsc, installed with npm) and run the whole test suite; in CI
-                             (or with STREAMUI_ALL_PYTHONS=1) again on every other Python
-                             version pyproject.toml declares that the machine has
+    python3 dev.py test [PYTEST ARGS]
+                             lint, type-check (Python, and the package's JavaScript with
+                             tsc, installed with npm) and run the whole test suite (or
+                             what PYTEST ARGS select); in CI (or with STREAMUI_ALL_PYTHONS=1)
+                             again on every other Python version pyproject.toml declares
+                             that the machine has
     python3 dev.py bench     run the benchmarks (bench/)
 
 Each command creates or refreshes the virtual environment in .venv (re-installing when
