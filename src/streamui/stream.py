@@ -28,6 +28,10 @@ verified the request). What it guarantees:
   a ``retry:`` delay chosen by the broker, so many tabs do not reconnect at once.
 - A write that fails ends the stream. A client that left is normal (DEBUG); any other
   failure is logged at WARNING with the reason. A stream is never left open but deaf.
+- Every body that started ends with a last message (``more_body`` false), also when
+  the client left first: middleware that holds something until then (compression)
+  lets it go. What a server does with that message after the disconnect (ignore it,
+  raise) is dropped, at DEBUG. (Not when the server cancels the request itself.)
 - When the client disconnects, the server cancels, or the broker closes, every
   subscription is released (the ``async with broker.watch(...)`` block always exits).
 
@@ -204,6 +208,7 @@ class EventStream:
             task = asyncio.current_task()
             assert task is not None
             cancelling = task.cancelling()
+            left = False
             try:
                 if not self._done:
                     # An idle stream writes nothing for long stretches, so only this
@@ -212,17 +217,21 @@ class EventStream:
                     self._task = task
                     while (await receive())["type"] != "http.disconnect":
                         pass
+                    left = True
             except asyncio.CancelledError:
                 # Ours (the stream ended) unless someone else cancelled the request too.
                 if self._task is not None or task.uncancel() > cancelling:
                     raise
             except Exception as error:  # a server that fails receive() once the client left
                 logger.debug("receive() failed, taking the client as gone: %r", error)
+                left = True
             finally:
                 self._stop()
                 watcher.close()
             if self._failure is not None:
                 await self._report(receive, send, self._failure)
+            elif left:
+                await _complete(send)
         finally:
             await watcher.__aexit__(None, None, None)
 
@@ -393,14 +402,18 @@ class EventStream:
         """Start the response and write the opening frame; False if that failed."""
         try:
             await _opening_write(
-                send({"type": "http.response.start", "status": 200, "headers": _HEADERS})
+                send({"type": "http.response.start", "status": 200, "headers": _HEADERS}),
+                started=False,
             )
             opening_id, watcher.opening_id = watcher.opening_id, ""  # used once
             opening = f"id: {opening_id}\nretry: {RETRY_MS}\n\n".encode()
             if greeting is not None:
                 opening += greeting(opening_id)
-            await _opening_write(send(_body(opening, more=True)))  # type: ignore[arg-type]
-        except _ClientLeft:
+            first = _body(opening, more=True)
+            await _opening_write(send(first), started=True)  # type: ignore[arg-type]
+        except _ClientLeft as left:
+            if left.started:
+                await _complete(send)
             return False
         except Exception as error:
             await _give_up(send, error)
@@ -425,6 +438,7 @@ class EventStream:
                 await _give_up(send, error)
                 return
         logger.debug("stream write failed, the client left: %r", error)
+        await _complete(send)
 
 
 _DISCONNECT_GRACE: Final = 0.1
@@ -432,15 +446,35 @@ _DISCONNECT_GRACE: Final = 0.1
 
 
 class _ClientLeft(Exception):
-    """The client disconnected while a frame was being written."""
+    """The client disconnected while a frame was being written (*started*: after the
+    response had started)."""
+
+    def __init__(self, *, started: bool) -> None:
+        super().__init__()
+        self.started = started
 
 
-async def _opening_write(sending: Awaitable[None]) -> None:
+async def _opening_write(sending: Awaitable[None], *, started: bool) -> None:
     try:
         await sending
     except OSError as error:  # ECONNRESET, EPIPE, a server's "client disconnected"
         logger.debug("stream write failed, the client left: %r", error)
-        raise _ClientLeft from error
+        raise _ClientLeft(started=started) from error
+
+
+async def _complete(send: Send) -> None:
+    """End the body of a stream the client left, as every response body ends.
+
+    Nobody reads it: it is for the middleware between the stream and the server, which
+    may hold something until the body ends (Litestar's compression closes its
+    compressor only then; left to the garbage collector, the compressor can be
+    finalized after its buffer and fail, which Python 3.13 prints). Servers ignore or
+    refuse a write after the disconnect, so what this one raises is dropped (DEBUG).
+    """
+    try:
+        await send(_body(b"", more=False))  # type: ignore[arg-type]
+    except Exception as error:
+        logger.debug("completing the body of a stream the client left failed: %r", error)
 
 
 async def _give_up(send: Send, error: Exception) -> None:

@@ -9,7 +9,9 @@ a. the stream opens with an id-only frame announcing ``retry: 1000``, heartbeats
    event whose id is the revision it sets;
 b. the page is compressed and the stream is not; with ``StreamConfig(compress=True)``
    the stream is compressed too, and every frame above was decoded as it arrived;
-c. closing the stream releases every watcher and subscription on the server;
+c. closing the stream releases every watcher and subscription on the server, and its
+   request ends with a last body message (``more_body`` false) through the middleware
+   (the compression middleware closes its compressor only then);
 d. SIGTERM to the server's main process with a stream open: the body completes cleanly
    (no reset), its last frame says ``retry:`` 1000..5000 ms, the server exits within
    2 s although its graceful timeout is 20 s (so streamui ended the stream), and its
@@ -158,6 +160,24 @@ async def wait_released(client: httpx.AsyncClient) -> None:
         raise AssertionError(f"still held {WAIT} s after the disconnect: {state}") from None
 
 
+async def check_completed(client: httpx.AsyncClient) -> None:
+    """Every stream request has returned (polled: a request returns just after it
+    released its watcher), each with a last body message through the middleware."""
+    state: dict[str, int] = {}
+    try:
+        async with asyncio.timeout(WAIT):
+            while True:
+                state = await counts(client)
+                if state["streams_open"] == 0:
+                    break
+                await asyncio.sleep(0.05)  # polling server state, not asserting a time
+    except TimeoutError:
+        raise AssertionError(f"a stream request still running {WAIT} s later: {state}") from None
+    assert state["streams_incomplete"] == 0, (
+        f"a stream the client left ended without a last body message: {state}"
+    )
+
+
 async def signal_with_open_stream(
     server: ServerProcess, reader: StreamReader, signum: signal.Signals, row: Row
 ) -> None:
@@ -272,6 +292,7 @@ async def run_checks(
 
             with checks.check("c"):
                 await wait_released(client)
+                await check_completed(client)
 
             with checks.check("d"):
                 # A new tab: a first connect with the first page's token would be pushed

@@ -9,7 +9,12 @@ Routes:
 - ``GET /component/{index}`` is what the watchers re-fetch.
 - ``POST /invalidate?scope=a`` invalidates through the ``broker`` dependency.
 - ``GET /debug/counts`` is the server's state as JSON (``watchers``, ``subscriptions``,
-  ``pid``), so a test can look inside a server that runs in another process.
+  ``pid``, ``streams_open``: the stream requests in progress, ``streams_incomplete``:
+  those that returned without a last body message), so a test can look inside a server
+  that runs in another process.
+
+Every variant has `StreamEnds`, a plain ASGI middleware that only watches, as a metrics
+middleware would.
 
 The ``secured`` variant adds CORS, a server-side session and an authentication
 middleware that answers 401 to every request (the stream included) without the
@@ -18,7 +23,7 @@ middleware that answers 401 to every request (the stream included) without the
 
 import os
 from dataclasses import dataclass
-from typing import Annotated, Any, Final
+from typing import TYPE_CHECKING, Annotated, Any, Final
 
 from htpy import p
 from litestar import Litestar, MediaType, Request, get
@@ -38,6 +43,9 @@ from litestar.params import QueryParameter
 from streamui import Broker
 from streamui.litestar import StreamConfig, StreamPlugin
 from tests.integration.app import component, invalidate, page_document
+
+if TYPE_CHECKING:
+    from litestar.types import ASGIApp, Message, Middleware, Receive, Scope, Send
 
 __all__ = [
     "CREDENTIAL",
@@ -91,6 +99,44 @@ Scopes = Annotated[list[str], QueryParameter(name="scope")]
 _PADDING: Final = "Padding past the compression threshold. " * 40
 
 
+class StreamEnds:
+    """A middleware that watches how stream requests end: how many are in progress, and
+    how many started a response through it and returned without a last body message
+    saying ``more_body`` false (a middleware that holds something until the body ends,
+    as compression does, needs that message even when the client left first)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.open = 0
+        self.incomplete = 0
+
+    def __call__(self, app: "ASGIApp") -> "ASGIApp":
+        async def watching(scope: "Scope", receive: "Receive", send: "Send") -> None:
+            if scope["path"] != self.path:
+                await app(scope, receive, send)
+                return
+            started = completed = False
+
+            async def send_and_watch(message: "Message") -> None:
+                nonlocal started, completed
+                if message["type"] == "http.response.start":
+                    started = True
+                elif message["type"] == "http.response.body":
+                    completed = not message.get("more_body", False)
+                await send(message)
+
+            self.open += 1
+            try:
+                await app(scope, receive, send_and_watch)
+            finally:
+                self.open -= 1
+                # (A request refused by an inner middleware raised: its response was
+                # made outside this one.)
+                self.incomplete += started and not completed
+
+        return watching
+
+
 class HeaderAuthentication(AbstractAuthenticationMiddleware):
     """Lets a request in only with ``CREDENTIAL_HEADER: CREDENTIAL``; 401 otherwise."""
 
@@ -105,6 +151,7 @@ def build_app(variant: Variant) -> Litestar:
     plugin = StreamPlugin(
         StreamConfig(secret=SECRET, heartbeat=HEARTBEAT, compress=variant.compress_stream)
     )
+    stream_ends = StreamEnds(plugin.config.path)
 
     @get("/page", media_type=MediaType.HTML)
     async def page(request: Request[Any, Any, Any], scopes: Scopes) -> str:
@@ -118,17 +165,19 @@ def build_app(variant: Variant) -> Litestar:
             "watchers": broker.watcher_count,
             "subscriptions": broker.pattern_count,
             "pid": os.getpid(),
+            "streams_open": stream_ends.open,
+            "streams_incomplete": stream_ends.incomplete,
         }
 
     compression = None
     if variant.compression is not None:
         backend = "brotli" if variant.compression == "br" else variant.compression
         compression = CompressionConfig(backend=backend)
-    middleware: list[DefineMiddleware] = []
+    middleware: list[Middleware] = [stream_ends]
     cors = None
     if variant.secured:
         cors = CORSConfig(allow_origins=[ORIGIN], allow_credentials=True)
-        middleware = [
+        middleware += [
             ServerSideSessionConfig().middleware,
             DefineMiddleware(HeaderAuthentication),
         ]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
+import sys
 import time
 
 import pytest
@@ -389,33 +391,51 @@ def test_an_unusable_instance_is_a_configuration_error(instance: str) -> None:
         TokenSigner(SECRET, instance=instance)
 
 
-def test_a_forked_child_is_another_instance(tmp_path: object) -> None:
-    import multiprocessing
+_FORK_AND_SIGN = """
+import json, os, sys, threading
+from streamui.tokens import TokenSigner, process_instance
 
-    from streamui.tokens import process_instance
+# Built before the fork, as by a server that loads the app before forking workers.
+signer = TokenSigner(sys.argv[1])
+threads = threading.active_count()
+read, write = os.pipe()
+pid = os.fork()
+if pid == 0:
+    os.close(read)
+    os.write(write, (signer.verify(signer.sign(["a"])).instance or "").encode())
+    os._exit(0)
+os.close(write)
+with os.fdopen(read) as pipe:
+    in_child = pipe.read()
+_, status = os.waitpid(pid, 0)
+print(json.dumps({
+    "threads": threads,
+    "exit": os.waitstatus_to_exitcode(status),
+    "in_child": in_child,
+    "in_parent": process_instance(),
+    "signer_in_parent": signer.instance,
+}))
+"""
 
-    written = f"{tmp_path}/instance"
-    # Built before the fork, as by a server that loads the app before forking workers.
-    signer = TokenSigner(SECRET)
-    child = multiprocessing.get_context("fork").Process(
-        target=_write_signed_instance, args=(written, signer)
+
+def test_a_forked_child_is_another_instance() -> None:
+    # Forked from a fresh interpreter: this test process has threads by now (thread
+    # pools, a nats-server's readers), and forking a process with threads may deadlock
+    # the child (3.12 warns). Any warning fails the run.
+    result = subprocess.run(
+        [sys.executable, "-W", "error", "-c", _FORK_AND_SIGN, SECRET],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
-    child.start()
-    child.join(10)
-    if child.is_alive():
-        child.kill()
-        child.join()
-    assert child.exitcode == 0
-    with open(written) as file:
-        in_child = file.read()
-    assert len(in_child) == 8
-    assert in_child != process_instance()
-    assert signer.instance == process_instance()
-
-
-def _write_signed_instance(path: str, signer: TokenSigner) -> None:
-    with open(path, "w") as file:
-        file.write(signer.verify(signer.sign(["a"])).instance or "")
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout)
+    assert seen["threads"] == 1, seen  # the fork was from a single-threaded process
+    assert seen["exit"] == 0, seen
+    assert len(seen["in_child"]) == 8, seen
+    assert seen["in_child"] != seen["in_parent"], seen
+    assert seen["signer_in_parent"] == seen["in_parent"], seen
 
 
 def test_unverified_claims_read_any_well_formed_token_and_nothing_else() -> None:
