@@ -37,6 +37,9 @@ Guarantees:
   it in ``catch_ups["everything"]``.
 - Everything except `invalidate_threadsafe` must be called on the broker's event loop.
 
+- Counters for metrics (`streamui.metrics` exports them): plain ints and Counters on
+  the broker, bumped on the hot path once per flush or per write, never read there.
+
 Not guaranteed: delivery to a tab that is disconnected; the catch-up above replaces it.
 """
 
@@ -57,6 +60,7 @@ from typing import TYPE_CHECKING, Final, Literal, Protocol, TypeAlias, cast
 from datastar_py import ServerSentEventGenerator
 
 from streamui.errors import BrokerStateError, ConfigurationError, PayloadTooLargeError
+from streamui.lag import LagHistogram
 from streamui.scopes import (
     DATA_NAMESPACE,
     DEFAULT_PREFIX,
@@ -76,13 +80,24 @@ if TYPE_CHECKING:
     from types import TracebackType
     from typing import Self
 
-__all__ = ["CLOCK_MARGIN", "POINT", "Broker", "Upstream", "Watcher"]
+__all__ = ["CLOCK_MARGIN", "POINT", "REFUSALS", "Broker", "Refusal", "Upstream", "Watcher"]
 
 logger = logging.getLogger("streamui.broker")
 
 Upstream: TypeAlias = Literal["all", "watched"]
 """What a broker subscribes to upstream: every scope of its prefix, or only what its
 streams watch (see `Broker`)."""
+
+Refusal: TypeAlias = Literal["bad_request", "invalid_token", "unauthorized", "unavailable"]
+"""Why a stream was refused (`Broker.note_refused`): a malformed request (400), a token
+that does not verify (403), the authorization hook said no (403), or subscribing failed
+(503)."""
+REFUSALS: Final[tuple[Refusal, ...]] = (
+    "bad_request",
+    "invalid_token",
+    "unauthorized",
+    "unavailable",
+)
 
 _RECENT_BUDGET: Final = 2 * 1024 * 1024
 """Bytes of the index of recently invalidated scopes (the last revision of each), for
@@ -139,8 +154,10 @@ class _Pattern:
         "covered_from",
         "data",
         "key",
+        "merged",
         "queued",
         "revision",
+        "since",
         "subscribing",
         "subscription",
         "watchers",
@@ -163,11 +180,15 @@ class _Pattern:
         self.revision = 0
         self.data: tuple[int, bytes] | None = None
         self.queued = False
+        # For the metrics: when the oldest invalidation not yet flushed was sent (Unix
+        # time, 0.0 if unknown), and how many more joined it before the flush.
+        self.since = 0.0
+        self.merged = 0
 
-    def deliver(self, concrete: str, revision: int, payload: bytes) -> bool:
-        """Record an invalidation (hot path: O(1), whatever the number of watchers);
-        True if the pattern must now be queued for a `flush`. A wildcard's data says
-        which scope it is for."""
+    def deliver(self, concrete: str, revision: int, payload: bytes, sent_at: float) -> bool:
+        """Record an invalidation sent at *sent_at* (0.0: unknown) (hot path: O(1),
+        whatever the number of watchers); True if the pattern must now be queued for a
+        `flush`. A wildcard's data says which scope it is for."""
         if not self.watchers:
             return False
         if payload:
@@ -176,8 +197,12 @@ class _Pattern:
             self.data = (revision, payload)
         self.revision = revision
         if self.queued:
+            self.merged += 1
+            if not self.since:
+                self.since = sent_at
             return False
         self.queued = True
+        self.since = sent_at
         return True
 
     def flush(self, broker: Broker, *, alone: bool) -> None:
@@ -189,9 +214,10 @@ class _Pattern:
         attached ``write``; only the others are marked (the hot path of a fan-out).
         """
         self.queued = False
-        key, revision, data = self.key, self.revision, self.data
+        key, revision, data, since = self.key, self.revision, self.data, self.since
         self.data = None
         frame = b""
+        written = coalesced = 0
         for watcher in self.watchers:
             writer = watcher._writer
             if (  # (the last four: `not watcher.ready`, inlined on the hot path)
@@ -207,8 +233,22 @@ class _Pattern:
                 if writer.write(frame):
                     if revision > watcher._revision:  # noqa: PLR1730 - a call less, hot path
                         watcher._revision = revision
+                    written += 1
                     continue
-            watcher.mark(key, revision, data)
+            if watcher._pending:
+                coalesced += 1  # joins a frame the stream is owed already
+            watcher.mark(key, revision, data, since)
+        # The metrics, once per flush rather than per stream: each stream was spared
+        # one frame per invalidation merged into this flush.
+        if self.merged:
+            coalesced += self.merged * len(self.watchers)
+            self.merged = 0
+        if coalesced:
+            broker.changes_coalesced += coalesced
+        if written:
+            broker.frames_written += written
+            if since:
+                broker._lagging.append((since, written))
 
 
 _PACE_FROM: Final = 0.001
@@ -243,6 +283,7 @@ class Watcher:
         "_pending",
         "_queued",
         "_revision",
+        "_since",
         "_waiter",
         "_writer",
         "closed",
@@ -267,6 +308,8 @@ class Watcher:
         self._pending: set[str] | None = None
         self._data: dict[str, tuple[int, bytes]] | None = None
         self._revision = 0
+        self._since = 0.0
+        """When the oldest change not yet taken was sent (0.0: none, or unknown)."""
         self._heartbeat_due = False
         self._extra: list[bytes] | None = None
         self._waiter: asyncio.Future[None] | None = None
@@ -330,13 +373,20 @@ class Watcher:
         (False has it marked instead). None detaches. Neither may raise."""
         self._writer = writer
 
-    def mark(self, key: str, revision: int, data: tuple[int, bytes] | None = None) -> None:
+    def mark(
+        self,
+        key: str,
+        revision: int,
+        data: tuple[int, bytes] | None = None,
+        since: float = 0.0,
+    ) -> None:
         """Record that *key* changed, last at *revision*; called by the broker's fan-out
         (hot path).
 
         *data*, if given, is the newest payload for *key* and the revision whose message
         carried it: the frame cache names payloads by (key, revision), so one revision
-        has one payload per key.
+        has one payload per key. *since*, if given, is when the invalidation was sent
+        (Unix time), for the lag metric.
         """
         pending = self._pending
         if pending is None:
@@ -347,6 +397,8 @@ class Watcher:
             if self._data is None:
                 self._data = {}
             self._data[key] = data
+        if since and not self._since:
+            self._since = since
         self._revision = max(self._revision, revision)
         self._wake()
 
@@ -408,8 +460,13 @@ class Watcher:
         if self._extra:
             frame, self._extra = b"".join(self._extra), None
         if self._pending:
-            frame += self._broker._frame(tuple(sorted(self._pending)), self._revision, self._data)
+            broker = self._broker
+            frame += broker._frame(tuple(sorted(self._pending)), self._revision, self._data)
             self._pending = self._data = None
+            broker.frames_written += 1
+            if self._since:
+                broker._lag_written(self._since)
+                self._since = 0.0
         if self._heartbeat_due:
             self._heartbeat_due = False
             frame += b": keep-alive\n\n"
@@ -432,7 +489,7 @@ class Broker:
     every such scope once.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0915 - one documented attribute per statement
         self,
         transport: Transport | None = None,
         *,
@@ -466,6 +523,24 @@ class Broker:
         broker could not know) and ``"resume"`` (asked to push everything)."""
         self._recorders: list[Callable[[Sequence[str], object], None]] = []
         """`streamui.testing.recorded_invalidations`: told every invalidation made here."""
+        self.refused: Counter[str] = Counter()
+        """Streams refused, by `Refusal` (see `note_refused`)."""
+        self.invalidations_published = 0
+        """Scopes this process published (`invalidate`, `invalidate_many`)."""
+        self.invalidations_received = 0
+        """Invalidations received from the transport (with ``upstream="watched"``, once
+        per upstream subscription a message matched)."""
+        self.frames_written = 0
+        """Patch-signals events handed to streams (one per stream per write)."""
+        self.changes_coalesced = 0
+        """Changes that joined a frame a stream was owed already, instead of making one."""
+        self.lag = LagHistogram()
+        """Seconds from an invalidation's publish to the write of the frame that carries
+        it, one observation per stream write (where the publish time is known)."""
+        self._lagging: list[tuple[float, int]] = []
+        """(sent at, frames written) of this flush, observed in `lag` when it ends: one
+        clock read per flush, not per write."""
+        self._flushing = False
         self._patterns: dict[str, _Pattern] = {}
         self._trie = SubjectTrie()
         """upstream="all": subject pattern -> its `_Pattern`."""
@@ -641,6 +716,7 @@ class Broker:
             record(concrete, data)
         for value in concrete:
             await self.transport.publish(scope_subject(value, self.prefix), payload)
+            self.invalidations_published += 1
 
     def invalidate_threadsafe(
         self, *scopes: str, data: object = None
@@ -778,6 +854,13 @@ class Broker:
     def watcher_count(self) -> int:
         return len(self._watchers)
 
+    def note_refused(self, reason: Refusal) -> None:
+        """Count a stream refused before it opened, for the metrics (the stream
+        endpoint calls it; the 503 of a failed subscription is counted already)."""
+        if reason not in REFUSALS:
+            raise ValueError(f"not a refusal reason: {reason!r}; one of {', '.join(REFUSALS)}")
+        self.refused[reason] += 1
+
     async def _attach(self, watcher: Watcher) -> None:
         self._require_this_loop()
         self._watchers.add(watcher)
@@ -910,6 +993,7 @@ class Broker:
         delivered to, then call the attached writers that have something to write."""
         loop = asyncio.get_running_loop()
         started = loop.time()
+        self._flushing = True
         try:
             while self._dirty or self._ready:
                 dirty, self._dirty = self._dirty, []
@@ -923,6 +1007,9 @@ class Broker:
                     if writer is not None:
                         writer.kick()
         finally:
+            self._flushing = False
+            if self._lagging:
+                self._observe_lag()
             self._flush_due = False
             self._flush_ended = ended = loop.time()
             self._flush_took = ended - started
@@ -930,12 +1017,26 @@ class Broker:
                 self._flushed_this_turn = True
                 loop.call_soon(self._next_turn)  # runs after what is ready this turn
 
+    def _lag_written(self, since: float) -> None:
+        """A frame carrying a change sent at *since* was written (outside the fan-out's
+        own writes, which `_Pattern.flush` counts in bulk)."""
+        self._lagging.append((since, 1))
+        if not self._flushing:
+            self._observe_lag()
+
+    def _observe_lag(self) -> None:
+        now = _now()
+        lag = self.lag
+        for since, writes in self._lagging:
+            lag.observe(now - since, writes)
+        self._lagging.clear()
+
     def _receive(self, subject: str, payload: bytes) -> None:
         """upstream="all": every invalidation of the prefix."""
-        concrete, revision, payload = self._seen(subject, payload)
+        concrete, revision, payload, sent_at = self._seen(subject, payload)
         for match in self._trie.match(subject):
             entry = cast("_Pattern", match)
-            if entry.deliver(concrete, revision, payload):
+            if entry.deliver(concrete, revision, payload, sent_at):
                 self._queue(entry)
 
     def _deliver(self, entry: _Pattern, subject: str, payload: bytes) -> None:
@@ -943,15 +1044,20 @@ class Broker:
         if entry.deliver(*self._seen(subject, payload)):
             self._queue(entry)
 
-    def _seen(self, subject: str, payload: bytes) -> tuple[str, int, bytes]:
-        """An invalidation received: its scope, the revision it gets here (indexed), and
-        its payload as it may reach a stream."""
+    def _seen(self, subject: str, payload: bytes) -> tuple[str, int, bytes, float]:
+        """An invalidation received: its scope, the revision it gets here (indexed), its
+        payload as it may reach a stream, and when it was sent (0.0: unknown)."""
+        self.invalidations_received += 1
+        transport = self.transport
+        # In process, the publish is now; across processes, the transport says when the
+        # publisher sent it if the message carries that (0.0: no lag sample).
+        sent_at = _now() if transport.sees_all_publishes else (transport.sent_at or 0.0)
         if payload:
             payload = self._checked(subject, payload)
         concrete = subject[len(self.prefix) + 1 :].replace(".", ":")
         revision = self.next_revision()
         self._remember(concrete, revision)
-        return concrete, revision, payload
+        return concrete, revision, payload, sent_at
 
     def _checked(self, subject: str, payload: bytes) -> bytes:
         """*payload* re-encoded, or b"" if it is not JSON or over the limit.

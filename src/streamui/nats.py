@@ -19,6 +19,10 @@ Contract (beyond the `Transport` one):
   It never waits for the server to come back.
 - After every reconnect the broker pushes every watched scope once: messages published
   by other processes while the link was down are lost to this one.
+- Each message carries its publish time in a ``Streamui-Sent-At`` header (Unix seconds),
+  for the lag metric across processes; subject and payload stay what the Go package
+  sends and reads (headers are invisible to it). A message without the header (from
+  the Go package, ``nats pub``) just gives no lag sample.
 - A new subscription is flushed to this process's NATS server before it is used.
   In a cluster, other nodes learn of it a moment later (NATS propagates interest
   asynchronously, typically well under a millisecond on one network): an invalidation
@@ -31,7 +35,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
+import time
 from typing import TYPE_CHECKING, Any
 
 from streamui.errors import ConfigurationError, StreamUIError
@@ -51,12 +57,14 @@ if TYPE_CHECKING:
     from nats.aio.msg import Msg
     from nats.aio.subscription import Subscription as NatsSubscription
 
-__all__ = ["NATS_URL_ENV", "NatsTransport", "PublishError"]
+__all__ = ["NATS_URL_ENV", "SENT_AT_HEADER", "NatsTransport", "PublishError"]
 
 logger = logging.getLogger("streamui.nats")
 
 NATS_URL_ENV = "STREAMUI_NATS_URL"
 """Environment variable read by `NatsTransport.from_env`: comma-separated server URLs."""
+SENT_AT_HEADER = "Streamui-Sent-At"
+"""The NATS header with a message's publish time (Unix seconds), for the lag metric."""
 
 
 class PublishError(StreamUIError):
@@ -204,7 +212,9 @@ class NatsTransport(Transport):
         if self._closing:
             raise PublishError(f"the NATS transport is closed; cannot publish on {subject!r}")
         try:
-            await self.connection.publish(subject, payload)
+            await self.connection.publish(
+                subject, payload, headers={SENT_AT_HEADER: f"{time.time():.6f}"}
+            )
         except NatsError as error:
             reason = str(error) or type(error).__name__
             raise PublishError(
@@ -214,10 +224,14 @@ class NatsTransport(Transport):
 
     async def subscribe(self, pattern: str, handler: MessageHandler) -> Subscription:
         async def deliver(message: Msg) -> None:
+            headers = message.headers
+            self.sent_at = _sent_at(headers.get(SENT_AT_HEADER)) if headers else None
             try:
                 handler(message.subject, message.data)
             except Exception:  # a broken handler must not reach nats-py's error callback
                 logger.exception("subscriber of %r failed on %r", pattern, message.subject)
+            finally:
+                self.sent_at = None
 
         subscription = _Subscription(self, await self.connection.subscribe(pattern, cb=deliver))
         self._subscriptions.add(subscription)
@@ -230,6 +244,17 @@ class NatsTransport(Transport):
             except (TimeoutError, NatsError) as error:
                 logger.warning("NATS flush after subscribing to %r failed: %s", pattern, error)
         return subscription
+
+
+def _sent_at(value: str | None) -> float | None:
+    """The publish time a header gives, or None if it is missing or not a time."""
+    if value is None:
+        return None
+    try:
+        sent_at = float(value)
+    except ValueError:
+        return None
+    return sent_at if math.isfinite(sent_at) and sent_at > 0 else None
 
 
 async def _log_error(error: Exception) -> None:

@@ -182,6 +182,7 @@ class EventStream:
             await watcher.__aenter__()
         except Exception as error:
             logger.exception("could not subscribe for a stream")
+            opening.broker.refused["unavailable"] += 1
             body = f"stream unavailable: {type(error).__name__}: {error}".encode()
             await send(
                 {

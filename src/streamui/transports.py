@@ -14,6 +14,9 @@ Contract of a `Transport` (the broker is its only caller, always on one event lo
 - ``sees_all_publishes`` is True when every publish of every process passes through this
   transport object, which only the in-process transport can promise; the broker uses it
   to decide whether it may rely on its own log of recent invalidations.
+- ``sent_at``, while a handler runs, is when the message was published (the publisher's
+  Unix time), if the transport carries that (NATS does, in a header); else None. Only
+  the lag metric uses it, so a transport that cannot carry it loses nothing else.
 
 `InProcessTransport` reaches the subscribers of one process only. It matches with a
 token trie (cost grows with the subject's depth and the matching subscriptions, not the
@@ -48,6 +51,9 @@ class Transport(ABC):
     """What a broker needs from a message bus."""
 
     sees_all_publishes: bool = False
+    sent_at: float | None = None
+    """The publish time of the message whose handler is running, if known (a side
+    channel rather than a handler argument, so handlers keep their two arguments)."""
 
     async def start(self, on_reconnect: Callable[[], None] | None = None) -> None:  # noqa: B027
         """Connect; called once by the broker before any other method.

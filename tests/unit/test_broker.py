@@ -232,9 +232,11 @@ async def test_a_burst_in_one_turn_marks_each_watcher_once(
     marks: list[tuple[str, int]] = []
     mark = Watcher.mark
 
-    def counting(self: Watcher, key: str, revision: int, data: Any = None) -> None:
+    def counting(
+        self: Watcher, key: str, revision: int, data: Any = None, since: float = 0.0
+    ) -> None:
         marks.append((key, revision))
-        mark(self, key, revision, data)
+        mark(self, key, revision, data, since)
 
     monkeypatch.setattr(Watcher, "mark", counting)
     async with contextlib.AsyncExitStack() as stack:
