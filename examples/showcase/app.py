@@ -14,6 +14,9 @@ Routes (scopes and components: see `examples.showcase.components`):
   tab, the one that clicked included, through the tab's stream. Bad form input is a 400
   with the reason; an unknown invoice a 404.
 
+``GET /metrics`` answers the broker's metrics in Prometheus' text format
+(`streamui.metrics`): open streams, invalidations, frames written, the lag, ...
+
 A background task ticks the server clock every *tick_interval* seconds and invalidates
 ``clock``. The state is in memory, one `Store` per app, unless *database* names a SQLite
 file (`SqliteStore`) that several workers share; their invalidations then travel over
@@ -39,6 +42,7 @@ from litestar.handlers import HTTPRouteHandler
 from litestar.params import FromPath, FromQuery
 from litestar.plugins import InitPlugin
 from litestar.response import File, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from examples.showcase import components
 from examples.showcase.components import CLOCK, COUNTER, INVOICES, invoice_scope
@@ -52,6 +56,7 @@ from examples.showcase.store import (
 )
 from streamui import Broker
 from streamui.litestar import StreamConfig, StreamPlugin
+from streamui.metrics import register_prometheus
 
 __all__ = ["DATASTAR_ENV", "DATASTAR_LOCAL_PATH", "create_app"]
 
@@ -309,6 +314,7 @@ def create_app(
     if nats_url is not None:
         config.nats_url = nats_url
     streams = StreamPlugin(config)
+    handlers.append(_metrics(streams.broker))
     # Last, so nothing above can fail with the database open.
     store: ShowcaseStore = Store() if database is None else SqliteStore(database)
 
@@ -325,6 +331,25 @@ def create_app(
         on_shutdown=[store.close],
         signature_namespace={"ShowcaseStore": ShowcaseStore, "Site": Site},
     )
+
+
+def _metrics(broker: Broker) -> HTTPRouteHandler:
+    """``GET /metrics``: *broker*'s metrics, in Prometheus' text format.
+
+    From a registry of this app's own, because the tests run several showcases in one
+    process and one registry takes one broker's metrics; an app with one broker per
+    process registers it with the default registry and serves that with Litestar's
+    ``PrometheusController`` (see the README's "Metrics").
+    """
+    registry = CollectorRegistry(auto_describe=True)
+    register_prometheus(broker, registry)
+
+    @get("/metrics", include_in_schema=False, sync_to_thread=False)
+    def metrics() -> Response[bytes]:
+        # (As a header: a media type would get a second charset from Litestar.)
+        return Response(generate_latest(registry), headers={"content-type": CONTENT_TYPE_LATEST})
+
+    return metrics
 
 
 def _local_datastar() -> HTTPRouteHandler | None:

@@ -217,7 +217,7 @@ class _Pattern:
         key, revision, data, since = self.key, self.revision, self.data, self.since
         self.data = None
         frame = b""
-        written = coalesced = 0
+        marked = coalesced = 0
         for watcher in self.watchers:
             writer = watcher._writer
             if (  # (the last four: `not watcher.ready`, inlined on the hot path)
@@ -233,13 +233,15 @@ class _Pattern:
                 if writer.write(frame):
                     if revision > watcher._revision:  # noqa: PLR1730 - a call less, hot path
                         watcher._revision = revision
-                    written += 1
                     continue
+            marked += 1
             if watcher._pending:
                 coalesced += 1  # joins a frame the stream is owed already
             watcher.mark(key, revision, data, since)
-        # The metrics, once per flush rather than per stream: each stream was spared
-        # one frame per invalidation merged into this flush.
+        # The metrics, once per flush rather than per stream (the frames written are
+        # counted from those marked: the loop above stays as it was without metrics).
+        # Each stream was spared one frame per invalidation merged into this flush.
+        written = len(self.watchers) - marked
         if self.merged:
             coalesced += self.merged * len(self.watchers)
             self.merged = 0

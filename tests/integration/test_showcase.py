@@ -26,6 +26,8 @@ import httpx
 import pytest
 from examples.showcase import create_app
 from examples.showcase.app import DATASTAR_ENV, DATASTAR_LOCAL_PATH
+from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client.parser import text_string_to_metric_families
 
 from streamui import DATASTAR_CDN_URL, Broker, TokenSigner
 from tests.support import WAIT, Event, SSEReader, revision_of, serve, stream_path, stream_tokens
@@ -392,6 +394,49 @@ async def test_the_background_task_starts_and_stops_with_the_app() -> None:
         async with serve(app):
             assert len(clock_tasks()) == 1
         assert clock_tasks() == []
+
+
+# -- metrics -------------------------------------------------------------------------------
+
+
+async def scrape(showcase: Showcase) -> dict[str, float]:
+    """``GET /metrics``, parsed: every streamui sample by name (and labels)."""
+    response = await showcase.client.get("/metrics")
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == CONTENT_TYPE_LATEST
+    samples = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            labels = ",".join(f"{name}={value}" for name, value in sorted(sample.labels.items()))
+            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    assert all(name.startswith("streamui_") for name in samples), samples
+    return samples
+
+
+async def test_metrics_move_with_streams_and_invalidations(start: Start) -> None:
+    showcase = await start()
+    before = await scrape(showcase)
+    assert before["streamui_open_streams"] == 0
+    page = await showcase.html("/")
+    async with showcase.stream(page) as stream:
+        opened = await scrape(showcase)
+        assert opened["streamui_open_streams"] == 1
+        assert opened["streamui_catch_ups_total{reason=exact}"] == 1  # from the render
+        await showcase.click("/counter/increment")
+        await stream.push_for("counter_shared", {"counter_shared"})
+        after = await scrape(showcase)
+    assert after["streamui_open_streams"] == 1
+
+    def moved(name: str) -> float:
+        return after[name] - before[name]
+
+    assert moved("streamui_invalidations_published_total") == 1
+    assert moved("streamui_invalidations_received_total") == 1
+    assert moved("streamui_frames_written_total") == 1
+    assert moved("streamui_lag_seconds_count") == 1
+    assert 0 <= moved("streamui_lag_seconds_sum") < WAIT
+    assert after["streamui_lag_seconds_bucket{le=+Inf}"] == after["streamui_lag_seconds_count"]
+    assert after["streamui_upstream_subscriptions"] == 1
 
 
 # -- bad input -----------------------------------------------------------------------------

@@ -344,6 +344,8 @@ async def test_transport_failure_is_503_and_releases_what_was_subscribed(start: 
         await live.broker.invalidate("invoice:42")
         push = await holder.next_push()
         assert push.signals == {"_stream": {"invoice_42": push.revision}}
+    # Both refusals are counted for the metrics (streamui_refused_streams_total).
+    assert live.broker.refused == {"unavailable": 2}
 
     # Once the upstream is back, the browser's retry succeeds, and catches up on what
     # changed since the page was rendered: invoice:42, and rows:>, which was not
