@@ -217,7 +217,7 @@ class _Pattern:
         key, revision, data, since = self.key, self.revision, self.data, self.since
         self.data = None
         frame = b""
-        marked = coalesced = 0
+        marked = 0
         for watcher in self.watchers:
             writer = watcher._writer
             if (  # (the last four: `not watcher.ready`, inlined on the hot path)
@@ -235,22 +235,19 @@ class _Pattern:
                         watcher._revision = revision
                     continue
             marked += 1
-            if watcher._pending:
-                coalesced += 1  # joins a frame the stream is owed already
             watcher.mark(key, revision, data, since)
         # The metrics, once per flush rather than per stream (the frames written are
         # counted from those marked: the loop above stays as it was without metrics).
         # Each stream was spared one frame per invalidation merged into this flush.
         written = len(self.watchers) - marked
         if self.merged:
-            coalesced += self.merged * len(self.watchers)
+            broker.changes_coalesced += self.merged * len(self.watchers)
             self.merged = 0
-        if coalesced:
-            broker.changes_coalesced += coalesced
         if written:
             broker.frames_written += written
             if since:
-                broker._lagging.append((since, written))
+                lagging = broker._lagging
+                lagging[since] = lagging.get(since, 0) + written
 
 
 _PACE_FROM: Final = 0.001
@@ -395,6 +392,7 @@ class Watcher:
             self._pending = {key}
         else:
             pending.add(key)
+            self._broker.changes_coalesced += 1  # joins a frame the stream is owed already
         if data is not None:
             if self._data is None:
                 self._data = {}
@@ -465,10 +463,11 @@ class Watcher:
             broker = self._broker
             frame += broker._frame(tuple(sorted(self._pending)), self._revision, self._data)
             self._pending = self._data = None
-            broker.frames_written += 1
-            if self._since:
-                broker._lag_written(self._since)
-                self._since = 0.0
+            # Counted (and its lag observed) when the flush ends, or now outside one.
+            broker._taken.append(self._since)
+            self._since = 0.0
+            if not broker._flushing:
+                broker._observe_lag()
         if self._heartbeat_due:
             self._heartbeat_due = False
             frame += b": keep-alive\n\n"
@@ -539,9 +538,12 @@ class Broker:
         self.lag = LagHistogram()
         """Seconds from an invalidation's publish to the write of the frame that carries
         it, one observation per stream write (where the publish time is known)."""
-        self._lagging: list[tuple[float, int]] = []
-        """(sent at, frames written) of this flush, observed in `lag` when it ends: one
-        clock read per flush, not per write."""
+        self._lagging: dict[float, int] = {}
+        """Frames written in this flush, by when their change was sent, observed in `lag`
+        when it ends: one clock read and one observation per publish, not per write."""
+        self._taken: list[float] = []
+        """For each frame taken in this flush, when its oldest change was sent (0.0:
+        unknown): one append per write, counted when the flush ends."""
         self._flushing = False
         self._patterns: dict[str, _Pattern] = {}
         self._trie = SubjectTrie()
@@ -1010,7 +1012,7 @@ class Broker:
                         writer.kick()
         finally:
             self._flushing = False
-            if self._lagging:
+            if self._lagging or self._taken:
                 self._observe_lag()
             self._flush_due = False
             self._flush_ended = ended = loop.time()
@@ -1019,19 +1021,21 @@ class Broker:
                 self._flushed_this_turn = True
                 loop.call_soon(self._next_turn)  # runs after what is ready this turn
 
-    def _lag_written(self, since: float) -> None:
-        """A frame carrying a change sent at *since* was written (outside the fan-out's
-        own writes, which `_Pattern.flush` counts in bulk)."""
-        self._lagging.append((since, 1))
-        if not self._flushing:
-            self._observe_lag()
-
     def _observe_lag(self) -> None:
+        """Observe the writes of this flush (or of a write outside one) in `lag`."""
+        lagging = self._lagging
+        taken = self._taken
+        if taken:
+            self.frames_written += len(taken)
+            for since, writes in Counter(taken).items():  # (counted in C)
+                if since:
+                    lagging[since] = lagging.get(since, 0) + writes
+            taken.clear()
         now = _now()
         lag = self.lag
-        for since, writes in self._lagging:
+        for since, writes in lagging.items():
             lag.observe(now - since, writes)
-        self._lagging.clear()
+        lagging.clear()
 
     def _receive(self, subject: str, payload: bytes) -> None:
         """upstream="all": every invalidation of the prefix."""
