@@ -28,8 +28,7 @@ registry: give the second its own registry).
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple
 
 from streamui.broker import REFUSALS
 
@@ -56,10 +55,10 @@ CATCH_UP_REASONS: Final = ("exact", "everything", "resume")
 """How a stream started (`Broker.catch_ups`): always exported, zeros included."""
 
 
-@dataclass(frozen=True, slots=True)
-class Metric:
+class Metric(NamedTuple):
     """One exported metric: its Prometheus name (without ``_total`` for counters), kind,
-    label, meaning and the broker attribute it reads."""
+    label, meaning and the broker attribute it reads. (A NamedTuple, not a dataclass:
+    a third of the import time.)"""
 
     name: str
     kind: Literal["gauge", "counter", "histogram"]
