@@ -55,11 +55,16 @@ import reprlib
 import secrets
 import time
 from collections import Counter, OrderedDict
-from typing import TYPE_CHECKING, Final, Literal, Protocol, TypeAlias, cast
+from typing import TYPE_CHECKING, Final, Literal, Protocol, TypeAlias, cast, get_args
 
 from datastar_py import ServerSentEventGenerator
 
-from streamui.errors import BrokerStateError, ConfigurationError, PayloadTooLargeError
+from streamui.errors import (
+    BrokerStateError,
+    ConfigurationError,
+    PayloadTooLargeError,
+    RefusalKind,
+)
 from streamui.lag import LagHistogram
 from streamui.scopes import (
     DATA_NAMESPACE,
@@ -88,16 +93,11 @@ Upstream: TypeAlias = Literal["all", "watched"]
 """What a broker subscribes to upstream: every scope of its prefix, or only what its
 streams watch (see `Broker`)."""
 
-Refusal: TypeAlias = Literal["bad_request", "invalid_token", "unauthorized", "unavailable"]
-"""Why a stream was refused (`Broker.note_refused`): a malformed request (400), a token
-that does not verify (403), the authorization hook said no (403), or subscribing failed
-(503)."""
-REFUSALS: Final[tuple[Refusal, ...]] = (
-    "bad_request",
-    "invalid_token",
-    "unauthorized",
-    "unavailable",
-)
+Refusal: TypeAlias = RefusalKind | Literal["unavailable"]
+"""Why a stream was refused before it opened (`Broker.note_refused`): the stream
+endpoint's `RefusalKind` (a 4xx), or ``"unavailable"`` (the 503 when subscribing
+failed)."""
+REFUSALS: Final[tuple[Refusal, ...]] = (*get_args(RefusalKind), "unavailable")
 
 _RECENT_BUDGET: Final = 2 * 1024 * 1024
 """Bytes of the index of recently invalidated scopes (the last revision of each), for
@@ -595,6 +595,9 @@ class Broker:
             self._dirty.clear()
             self._ready.clear()
             self._flush_due = self._flushed_this_turn = False  # callbacks of the old loop
+            self._lagging.clear()
+            self._taken.clear()
+            self._flushing = False
         await self.transport.start(on_reconnect=self._resync)
         self._loop = asyncio.get_running_loop()
         self._started_at = _now()
@@ -859,8 +862,9 @@ class Broker:
         return len(self._watchers)
 
     def note_refused(self, reason: Refusal) -> None:
-        """Count a stream refused before it opened, for the metrics (the stream
-        endpoint calls it; the 503 of a failed subscription is counted already)."""
+        """Count a stream refused before it opened, for the metrics: the endpoint
+        (`streamui.service.StreamService`) counts each `StreamRefused` by its kind, the
+        stream its 503; an endpoint of one's own may call this too."""
         if reason not in REFUSALS:
             raise ValueError(f"not a refusal reason: {reason!r}; one of {', '.join(REFUSALS)}")
         self.refused[reason] += 1

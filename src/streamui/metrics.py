@@ -110,8 +110,9 @@ METRICS: Final = (
     Metric(
         "streamui_refused_streams",
         "counter",
-        "Streams refused before they opened, by reason: bad_request, invalid_token, "
-        "unauthorized, unavailable.",
+        "Streams refused before they opened, by reason: the endpoint's refusal kinds "
+        "(missing_token, invalid_token, expired_token, unauthorized, ...) and "
+        "unavailable (503: subscribing failed).",
         "refused",
         label="reason",
     ),

@@ -249,6 +249,13 @@ class StreamService(Generic[RequestT]):
         *request*: the framework's request for *scope*, if it made one already (else one
         is made for ``authorize``, if set).
         """
+        try:
+            return await self._stream(scope, request)
+        except StreamRefused as refused:
+            self.broker.note_refused(refused.kind)  # streamui_refused_streams_total
+            raise
+
+    async def _stream(self, scope: Scope, request: RequestT | None) -> EventStream:
         config = self.config
         if not _is_exact_path(scope, config.path):
             # A router may also route //path, path/ or path%2F here; a proxy rule that

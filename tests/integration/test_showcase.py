@@ -437,6 +437,11 @@ async def test_metrics_move_with_streams_and_invalidations(start: Start) -> None
     assert 0 <= moved("streamui_lag_seconds_sum") < WAIT
     assert after["streamui_lag_seconds_bucket{le=+Inf}"] == after["streamui_lag_seconds_count"]
     assert after["streamui_upstream_subscriptions"] == 1
+    # A stream refused by the endpoint is counted by its reason.
+    response = await showcase.client.get(stream_path(page))
+    assert response.status_code == 400
+    refused = (await scrape(showcase))["streamui_refused_streams_total{reason=missing_token}"]
+    assert refused == before["streamui_refused_streams_total{reason=missing_token}"] + 1
 
 
 # -- bad input -----------------------------------------------------------------------------
