@@ -13,9 +13,9 @@ not per event. (The one exception is the OpenTelemetry lag histogram, below.)
 - OpenTelemetry (``pip install 'streamui[opentelemetry]'``): `instrument_opentelemetry`
   creates observable instruments whose callbacks read the same counters. The API has
   no observable histogram, so the lag is recorded on a synchronous ``Histogram``: one
-  measurement per flush that wrote frames (the lag of its last write, which every
-  stream written in it shares, give or take that flush's duration), not one per
-  stream, so its cost does not grow with the number of streams.
+  measurement per invalidation per flush (the lag when the flush ended, which every
+  stream written in it shares), not one per stream, so its cost does not grow with the
+  number of streams; its count is of deliveries, not of writes.
 
 Neither library is imported by ``import streamui``; importing this module imports
 neither until an exporter is made.
@@ -181,7 +181,7 @@ class PrometheusCollector:
             yield family
 
     def describe(self) -> Iterable[MetricFamily]:
-        """What `collect` yields, for the registry's duplicate check (no values read)."""
+        """What `collect` yields: the registry checks the names for duplicates with it."""
         return self.collect()
 
 
