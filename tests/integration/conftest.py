@@ -129,11 +129,12 @@ class OpenStream:
 
 
 @dataclass
-class Live:
-    """A running test app and a client for it."""
+class Served:
+    """A running test app (`tests.integration.app`, or its Starlette twin) and a client.
+
+    Each framework's fixture gives a subclass that knows where the app's broker is."""
 
     base_url: str
-    plugin: StreamPlugin
     client: httpx.AsyncClient
     statuses: list[int] = field(default_factory=list)
     expected_error_loggers: set[str] = field(default_factory=set)
@@ -141,7 +142,7 @@ class Live:
 
     @property
     def broker(self) -> Broker:
-        return self.plugin.broker
+        raise NotImplementedError
 
     @property
     def transport(self) -> InProcessTransport:
@@ -182,6 +183,7 @@ class Live:
             if response.status_code != 200:
                 await response.aread()
             assert response.status_code == 200, (response.status_code, response.text)
+            assert response.headers["content-type"].startswith("text/event-stream")
             reader = SSEReader(response)
             opening = await reader.next()
             assert opening.event is None, f"the first frame is not id-only: {opening}"
@@ -226,6 +228,17 @@ class Live:
         )
 
 
+@dataclass
+class Live(Served):
+    """The Litestar test app, served."""
+
+    plugin: StreamPlugin = field(kw_only=True)
+
+    @property
+    def broker(self) -> Broker:
+        return self.plugin.broker
+
+
 def url_from(*documents: str) -> str:
     """The stream URL for a page (the first document) and fragments rendered into it."""
     tokens = [token for document in documents for token in stream_tokens(document)]
@@ -259,7 +272,7 @@ async def running(**settings: Any) -> AsyncIterator[Live]:
                 trust_env=False,
                 event_hooks={"response": [record]},
             ) as client:
-                live = Live(base_url, plugin, client, statuses)
+                live = Live(base_url, client, statuses, plugin=plugin)
                 yield live
             # Shut down only once every stream is gone, so shutdown never has to cut one.
             if isinstance(plugin.broker.transport, InProcessTransport):

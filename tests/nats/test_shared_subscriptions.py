@@ -44,7 +44,7 @@ async def test_hundreds_of_streams_share_one_server_subscription_per_subject(
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=0),
         ) as client,
     ):
-        many = Live(live.base_url, live.plugin, client)
+        many = Live(live.base_url, client, plugin=live.plugin)
         # Every stream watches dashboard:main; every other one also dashboard:*.
         exact_only = await live.stream_url("dashboard:main")
         both = await live.stream_url("dashboard:main", "dashboard:*")

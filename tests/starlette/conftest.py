@@ -23,14 +23,13 @@ import pytest
 from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config as HypercornConfig
 
-from streamui import InProcessTransport
 from streamui.starlette import StreamConfig
-from tests.integration.conftest import OpenStream, RecordingHandler, url_from
+from tests.integration.conftest import RecordingHandler, Served
 from tests.starlette.app import Framework, Lifecycle, make_app
-from tests.support import WAIT, SSEReader, revision_of, serve
+from tests.support import WAIT, serve
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+    from collections.abc import AsyncIterator, Awaitable, Callable
 
     from streamui import Broker
     from streamui.starlette import StreamUI
@@ -73,81 +72,15 @@ async def serve_hypercorn(app: Callable[..., Awaitable[None]]) -> AsyncIterator[
 
 
 @dataclass
-class Live:
-    """A running test app and a client for it."""
+class Live(Served):
+    """The Starlette (or FastAPI) test app, served."""
 
-    base_url: str
-    ui: StreamUI
-    lifecycle: Lifecycle
-    client: httpx.AsyncClient
-    statuses: list[int] = field(default_factory=list)
-    expected_error_loggers: set[str] = field(default_factory=set)
+    ui: StreamUI = field(kw_only=True)
+    lifecycle: Lifecycle = field(kw_only=True)
 
     @property
     def broker(self) -> Broker:
         return self.ui.broker
-
-    @property
-    def transport(self) -> InProcessTransport:
-        transport = self.broker.transport
-        assert isinstance(transport, InProcessTransport)
-        return transport
-
-    def expect_errors(self, logger_name: str) -> None:
-        self.expected_error_loggers.add(logger_name)
-
-    async def page(self, *scopes: str) -> str:
-        response = await self.client.get("/page", params=[("scope", value) for value in scopes])
-        assert response.status_code == 200, response.text
-        return response.text
-
-    async def fragment(self, *scopes: str) -> str:
-        response = await self.client.get("/fragment", params=[("scope", value) for value in scopes])
-        assert response.status_code == 200, response.text
-        return response.text
-
-    async def stream_url(self, *scopes: str) -> str:
-        return url_from(await self.page(*scopes))
-
-    @contextlib.asynccontextmanager
-    async def stream(
-        self, url: str, *, headers: Mapping[str, str] | None = None
-    ) -> AsyncIterator[OpenStream]:
-        """Open *url*, check the response and its opening id-only frame; close on exit."""
-        async with self.client.stream("GET", url, headers=headers) as response:
-            if response.status_code != 200:
-                await response.aread()
-            assert response.status_code == 200, (response.status_code, response.text)
-            assert response.headers["content-type"].startswith("text/event-stream")
-            reader = SSEReader(response)
-            opening = await reader.next()
-            assert opening.event is None, f"the first frame is not id-only: {opening}"
-            assert opening.id is not None, opening
-            yield OpenStream(response, reader, revision_of(opening.id))
-
-    async def refused(
-        self, url: str, *, headers: Mapping[str, str] | None = None
-    ) -> httpx.Response:
-        """GET *url*, which must be answered with an error, not a stream."""
-        async with self.client.stream("GET", url, headers=headers) as response:
-            assert response.status_code != 200, "the stream was opened, not refused"
-            await response.aread()
-            return response
-
-    async def wait_released(self) -> None:
-        """Wait until every stream ended and released its upstream subscriptions."""
-        try:
-            async with asyncio.timeout(WAIT):
-                while not (  # noqa: ASYNC110 - nothing to wait on but the state
-                    self.broker.watcher_count == 0
-                    and self.broker.pattern_count == 0
-                    and self.transport.subscription_count == self.broker.subscription_count
-                ):
-                    await asyncio.sleep(0.01)
-        except TimeoutError:
-            raise AssertionError(
-                f"streams still hold subscriptions (watchers={self.broker.watcher_count})"
-            ) from None
 
 
 class Start(Protocol):
@@ -192,7 +125,7 @@ async def running(
                 trust_env=False,
                 event_hooks={"response": [record]},
             ) as client:
-                live = Live(base_url, ui, lifecycle, client, statuses)
+                live = Live(base_url, client, statuses, ui=ui, lifecycle=lifecycle)
                 yield live
             await live.wait_released()
     finally:
