@@ -1,8 +1,9 @@
 """A server that gets SIGTERM or SIGINT ends its open streams at once and exits.
 
 uvicorn finishes open connections before it runs the lifespan shutdown, and an SSE
-stream never finishes by itself; the plugin ends the streams when the signal arrives.
-The server runs as a child process here, so the signal is real.
+stream never finishes by itself; the plugin (Litestar) or `StreamUI` (FastAPI) ends the
+streams when the signal arrives. The server runs as a child process here, so the signal
+is real.
 """
 
 from __future__ import annotations
@@ -29,15 +30,24 @@ def free_port() -> int:
         return port
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-async def test_exit_signal_ends_open_streams_and_the_server_exits(signum: int) -> None:
+@pytest.mark.parametrize(
+    ("example", "signum"),
+    [
+        ("examples.showcase", signal.SIGTERM),
+        ("examples.showcase", signal.SIGINT),
+        ("examples.fastapi_app", signal.SIGTERM),
+    ],
+)
+async def test_exit_signal_ends_open_streams_and_the_server_exits(
+    example: str, signum: int
+) -> None:
     port = free_port()
-    # uvicorn's default graceful-shutdown timeout is "forever": without the plugin's
+    # uvicorn's default graceful-shutdown timeout is "forever": without streamui's
     # signal handling this process would never exit while a stream is open.
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "examples.showcase",
+        example,
         cwd=ROOT,
         env={**os.environ, "PORT": str(port), "PYTHONUNBUFFERED": "1"},
         stdout=asyncio.subprocess.PIPE,
@@ -47,7 +57,7 @@ async def test_exit_signal_ends_open_streams_and_the_server_exits(signum: int) -
     try:
         async with asyncio.timeout(WAIT * 3):
             while b"Uvicorn running on" not in await process.stdout.readline():
-                assert process.returncode is None, "the showcase exited before it started"
+                assert process.returncode is None, f"{example} exited before it started"
         base = f"http://127.0.0.1:{port}"
         async with httpx.AsyncClient(base_url=base, timeout=WAIT, trust_env=False) as client:
             page = (await client.get("/")).text
@@ -59,9 +69,14 @@ async def test_exit_signal_ends_open_streams_and_the_server_exits(signum: int) -
                 process.send_signal(signum)
                 # The body completes (a clean end the browser answers by reconnecting)
                 # instead of hanging until the server gives up on it.
+                frames = []
                 with pytest.raises(EOFError):  # noqa: PT012 - read frames until the end
                     while True:
-                        await reader.next()
+                        frames.append(await reader.next())
+        # The last frame tells the browser when to come back (spread over a few s).
+        assert frames, "the body ended without a last frame"
+        assert frames[-1].retry is not None, frames
+        assert 1000 <= frames[-1].retry <= 5000, frames
         async with asyncio.timeout(WAIT):
             output = (await process.stdout.read()).decode()
             returncode = await process.wait()

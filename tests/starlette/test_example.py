@@ -3,10 +3,7 @@ that gets SIGTERM ends its open streams and exits."""
 
 from __future__ import annotations
 
-import asyncio
-import os
 import re
-import signal
 import subprocess
 import sys
 import types
@@ -14,9 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
-from tests.support import WAIT, SSEReader, revision_of, serve, stream_path, stream_tokens
+from tests.support import SSEReader, revision_of, serve, stream_path, stream_tokens
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
@@ -66,57 +62,3 @@ def test_streamui_starlette_imports_no_litestar() -> None:
     )
     assert "'litestar'" not in result.stdout
     assert "'starlette'" in result.stdout
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-async def test_sigterm_ends_open_streams_with_a_retry_and_the_server_exits() -> None:
-    port = free_port()
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "examples.fastapi_app",
-        cwd=ROOT,
-        env={**os.environ, "PORT": str(port), "PYTHONUNBUFFERED": "1"},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    assert process.stdout is not None
-    try:
-        async with asyncio.timeout(WAIT * 3):
-            while b"Uvicorn running on" not in await process.stdout.readline():
-                assert process.returncode is None, "the example exited before it started"
-        base = f"http://127.0.0.1:{port}"
-        async with httpx.AsyncClient(base_url=base, timeout=WAIT, trust_env=False) as client:
-            page = (await client.get("/")).text
-            params = {"t": stream_tokens(page)}
-            async with client.stream("GET", stream_path(page), params=params) as response:
-                assert response.status_code == 200
-                reader = SSEReader(response)
-                assert (await reader.next()).id is not None
-                process.send_signal(signal.SIGTERM)
-                frames = []
-                with pytest.raises(EOFError):  # noqa: PT012 - read frames until the end
-                    while True:
-                        frames.append(await reader.next())
-        # The last frame tells the browser when to come back (spread over a few s).
-        assert frames, "the body ended without a last frame"
-        assert frames[-1].retry is not None, frames
-        assert 1000 <= frames[-1].retry <= 5000, frames
-        async with asyncio.timeout(WAIT):
-            output = (await process.stdout.read()).decode()
-            returncode = await process.wait()
-        assert returncode in (0, -signal.SIGTERM), output
-        assert "Application shutdown complete" in output, output
-        assert "Traceback" not in output, output
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
