@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import httpx
 import pytest
@@ -30,6 +31,7 @@ from tests.support import WAIT, Event, SSEReader, revision_of, serve, stream_pat
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Mapping
+    from contextlib import AbstractAsyncContextManager
 
     from streamui import Broker
     from streamui.litestar import StreamPlugin
@@ -239,6 +241,9 @@ class Live(Served):
         return self.plugin.broker
 
 
+ServedT = TypeVar("ServedT", bound=Served)
+
+
 def url_from(*documents: str) -> str:
     """The stream URL for a page (the first document) and fragments rendered into it."""
     tokens = [token for document in documents for token in stream_tokens(document)]
@@ -251,10 +256,14 @@ class Start(Protocol):
 
 
 @contextlib.asynccontextmanager
-async def running(**settings: Any) -> AsyncIterator[Live]:
-    """Serve a new test app with ``StreamConfig(secret=SECRET, **settings)``."""
-    settings.setdefault("secret", SECRET)
-    app, plugin = make_app(StreamConfig(**settings))
+async def checked(
+    serving: AbstractAsyncContextManager[str],
+    served: Callable[[str, httpx.AsyncClient, list[int]], ServedT],
+    watched_loggers: tuple[str, ...] = WATCHED_LOGGERS,
+) -> AsyncIterator[ServedT]:
+    """Serve an app (*serving* yields its base URL) with a client (*served* makes the
+    `Served`); afterwards, check that it answered no unexpected 5xx and that nothing
+    logged at ERROR from *watched_loggers* but what the test expected."""
     statuses: list[int] = []
 
     async def record(response: httpx.Response) -> None:
@@ -262,9 +271,9 @@ async def running(**settings: Any) -> AsyncIterator[Live]:
 
     handler = RecordingHandler()
     try:
-        async with serve(app) as base_url:
-            # After serve() started: uvicorn's logging setup drops the handlers it finds.
-            for name in WATCHED_LOGGERS:
+        async with serving as base_url:
+            # After the server started: uvicorn's logging setup drops the handlers it finds.
+            for name in watched_loggers:
                 logging.getLogger(name).addHandler(handler)
             async with httpx.AsyncClient(
                 base_url=base_url,
@@ -272,13 +281,13 @@ async def running(**settings: Any) -> AsyncIterator[Live]:
                 trust_env=False,
                 event_hooks={"response": [record]},
             ) as client:
-                live = Live(base_url, client, statuses, plugin=plugin)
+                live = served(base_url, client, statuses)
                 yield live
             # Shut down only once every stream is gone, so shutdown never has to cut one.
-            if isinstance(plugin.broker.transport, InProcessTransport):
+            if isinstance(live.broker.transport, InProcessTransport):
                 await live.wait_released()
     finally:
-        for name in WATCHED_LOGGERS:
+        for name in watched_loggers:
             logging.getLogger(name).removeHandler(handler)
     unexpected_statuses = [
         status for status in statuses if status >= 500 and status not in live.expected_server_errors
@@ -293,6 +302,16 @@ async def running(**settings: Any) -> AsyncIterator[Live]:
         )
     ]
     assert not unexpected, [f"{r.name}: {r.getMessage()}" for r in unexpected]
+
+
+@contextlib.asynccontextmanager
+async def running(**settings: Any) -> AsyncIterator[Live]:
+    """Serve a new test app with ``StreamConfig(secret=SECRET, **settings)``."""
+    settings.setdefault("secret", SECRET)
+    app, plugin = make_app(StreamConfig(**settings))
+    served = functools.partial(Live, plugin=plugin)
+    async with checked(serve(app), served) as live:
+        yield live
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import socket
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config as HypercornConfig
 
 from streamui.starlette import StreamConfig
-from tests.integration.conftest import RecordingHandler, Served
+from tests.integration.conftest import Served, checked
 from tests.starlette.app import Framework, Lifecycle, make_app
 from tests.support import WAIT, serve
 
@@ -108,39 +109,10 @@ async def running(
     app, ui, lifecycle = make_app(
         StreamConfig(**settings), framework, gzip=gzip, http_middleware=http_middleware
     )
-    statuses: list[int] = []
-
-    async def record(response: httpx.Response) -> None:
-        statuses.append(response.status_code)
-
-    handler = RecordingHandler()
     serving = serve(app) if server == "uvicorn" else serve_hypercorn(app)
-    try:
-        async with serving as base_url:
-            for name in WATCHED_LOGGERS:
-                logging.getLogger(name).addHandler(handler)
-            async with httpx.AsyncClient(
-                base_url=base_url,
-                timeout=WAIT,
-                trust_env=False,
-                event_hooks={"response": [record]},
-            ) as client:
-                live = Live(base_url, client, statuses, ui=ui, lifecycle=lifecycle)
-                yield live
-            await live.wait_released()
-    finally:
-        for name in WATCHED_LOGGERS:
-            logging.getLogger(name).removeHandler(handler)
-    assert not [status for status in statuses if status >= 500], statuses
-    unexpected = [
-        record
-        for record in handler.records
-        if not any(
-            record.name == name or record.name.startswith(name + ".")
-            for name in live.expected_error_loggers
-        )
-    ]
-    assert not unexpected, [f"{r.name}: {r.getMessage()}" for r in unexpected]
+    served = functools.partial(Live, ui=ui, lifecycle=lifecycle)
+    async with checked(serving, served, WATCHED_LOGGERS) as live:
+        yield live
 
 
 @pytest.fixture
