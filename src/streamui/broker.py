@@ -1061,11 +1061,12 @@ class Broker:
         transport = self.transport
         # In process, the publish is now; across processes, the transport says when the
         # publisher sent it if the message carries that (0.0: no lag sample).
-        sent_at = _now() if transport.sees_all_publishes else (transport.sent_at or 0.0)
+        now = _now()
+        sent_at = now if transport.sees_all_publishes else (transport.sent_at or 0.0)
         if payload:
             payload = self._checked(subject, payload)
         concrete = subject[len(self.prefix) + 1 :].replace(".", ":")
-        revision = self.next_revision()
+        revision = self.next_revision(now)  # (one clock read for both)
         self._remember(concrete, revision)
         return concrete, revision, payload, sent_at
 

@@ -45,11 +45,6 @@ except ImportError as error:  # pragma: no cover - depends on the environment
         "streamui.starlette needs Starlette: pip install 'streamui[starlette]'"
     ) from error
 
-try:
-    import sniffio
-except ImportError:  # pragma: no cover - anyio then looks for a running loop itself
-    sniffio = None  # type: ignore[assignment]
-
 from streamui import client
 from streamui.components import use_endpoint
 from streamui.errors import ConfigurationError, StreamRefused
@@ -104,9 +99,7 @@ class StreamUI:
                 "Starlette's GZipMiddleware never compresses a text/event-stream "
                 "response; leave compress at False"
             )
-        self.service: StreamService[Request] = StreamService(
-            config, Request, frame_send=_on_asyncio, logger=logger
-        )
+        self.service: StreamService[Request] = StreamService(config, Request, logger=logger)
         self.broker: Broker = self.service.broker
         self.endpoint: StreamEndpoint = self.service.endpoint
 
@@ -218,22 +211,6 @@ class _StreamApp:
             await _refusal(refused)(scope, receive, send)
             return
         await cast("ASGIApp", stream)(scope, receive, send)
-
-
-def _on_asyncio(send: Send) -> Send:
-    """*send*, once the stream's context says it runs on asyncio (to sniffio).
-
-    The broker's fan-out writes a waiting stream's frames by stepping ``send`` by hand,
-    in a copy of the stream's context but outside any task, where sniffio (which anyio
-    asks, when installed: Litestar needs it) finds no event loop. Starlette's
-    BaseHTTPMiddleware (FastAPI's ``@app.middleware("http")``) passes every message
-    through an anyio stream, so each write would fail and end the stream. Set in the
-    request's task before the stream copies its context (one variable per stream), the
-    answer is there for every write, and true.
-    """
-    if sniffio is not None:
-        sniffio.current_async_library_cvar.set("asyncio")
-    return send
 
 
 def _refusal(refused: StreamRefused) -> Response:

@@ -52,6 +52,7 @@ import functools
 import heapq
 import logging
 import math
+import sys
 import weakref
 from types import CoroutineType
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
@@ -241,6 +242,8 @@ class EventStream:
         loop = asyncio.get_running_loop()
         self._watcher = watcher
         self._send = send if opening.frame_send is None else opening.frame_send(send)
+        if self._eager:
+            _claim_asyncio()
         self._context = contextvars.copy_context()
         now = loop.time()
         self._heartbeat_at = now + self._heartbeat
@@ -490,6 +493,23 @@ async def _give_up(send: Send, error: Exception) -> None:
 
 _RESOLUTION: Final = 0.05
 """Seconds: the granularity of stream clocks (heartbeats, renewals, lifetimes)."""
+
+
+def _claim_asyncio() -> None:
+    """Tell sniffio, in the request's task and so in the stream's context, that it runs
+    on asyncio.
+
+    Eager writes step the app's ``send`` in a copy of the stream's context but outside
+    any task, where sniffio (which anyio asks; Litestar and Starlette need anyio) finds
+    no event loop: middleware that passes messages through anyio (Starlette's
+    BaseHTTPMiddleware, FastAPI's ``@app.middleware("http")``) would fail every write
+    and end the stream. Set before the stream copies its context (one variable per
+    stream), the answer is there for every write, and true. Not imported here: a chain
+    with anyio in it has imported sniffio by the time a stream opens.
+    """
+    sniffio = sys.modules.get("sniffio")
+    if sniffio is not None:
+        sniffio.current_async_library_cvar.set("asyncio")
 
 
 class _Wheel:
